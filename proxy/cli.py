@@ -1,0 +1,170 @@
+"""`mlflow-bluegreen`: the command line. Each `serve` option also reads MLFLOW_BLUEGREEN_<NAME>."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..worker.registry import CLIENT_ENV_DEFAULTS
+from ..worker.uri import BadModelUri, parse_model_uri
+from .config import Config
+
+ENV_PREFIX = "MLFLOW_BLUEGREEN_"
+ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper().replace("-", "_")
+
+
+def option(*decls: str, env: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """A click option mirrored by MLFLOW_BLUEGREEN_<env>, shown in --help."""
+    return click.option(*decls, envvar=_env(env), show_envvar=True, show_default=True, **kwargs)
+
+
+def _check_model_uri(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        parse_model_uri(value)
+    except BadModelUri as error:
+        raise click.BadParameter(str(error)) from error
+    return value.strip()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mlflow-bluegreen")
+def main() -> None:
+    """Serve an MLflow model and swap versions blue/green with zero failed requests."""
+
+
+@main.command(context_settings={"help_option_names": ["--help"]})
+@option(
+    "-m",
+    "--model-uri",
+    env="model_uri",
+    required=True,
+    callback=_check_model_uri,
+    help="Any MLflow model URI. models:/name@alias, models:/name/<stage> and "
+    "models:/name/latest are tracked and swapped when the registry moves; any other URI "
+    "is served as it is.",
+)
+@option("--host", env="host", default="127.0.0.1", help="Address of the public port.")
+@option(
+    "-p",
+    "--port",
+    env="port",
+    default=8080,
+    type=click.IntRange(1, 65535),
+    help="Public port: the MLflow scoring protocol.",
+)
+@option(
+    "--admin-host",
+    env="admin_host",
+    default="127.0.0.1",
+    help="Address of the admin port (status, metrics, reload).",
+)
+@option(
+    "--admin-port",
+    env="admin_port",
+    default=8081,
+    type=click.IntRange(1, 65535),
+    help="Admin port.",
+)
+@option(
+    "--tracking-uri",
+    env="tracking_uri",
+    default=None,
+    help="MLflow tracking/registry server. Default: MLFLOW_TRACKING_URI, as MLflow does.",
+)
+@option(
+    "--env-manager",
+    env="env_manager",
+    default="local",
+    type=click.Choice(ENV_MANAGERS),
+    help="How `mlflow models serve` provides the model's "
+    "dependencies: the current environment (local) or one it builds.",
+)
+@option(
+    "-w",
+    "--workers",
+    env="workers",
+    default=1,
+    type=click.IntRange(1),
+    help="uvicorn workers per `mlflow models serve`.",
+)
+@option(
+    "-t",
+    "--timeout",
+    env="timeout",
+    default=60,
+    type=click.IntRange(1),
+    help="Seconds a worker may take to answer one request.",
+)
+@option(
+    "--poll-interval",
+    env="poll_interval",
+    default=5.0,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between registry lookups of a tracked URI.",
+)
+@option(
+    "--startup-timeout",
+    env="startup_timeout",
+    default=600.0,
+    type=click.FloatRange(min=1),
+    help="Seconds a new worker may take to become ready (environment builds can take minutes).",
+)
+@option(
+    "--drain-timeout",
+    env="drain_timeout",
+    default=30.0,
+    type=click.FloatRange(min=0),
+    help="Seconds to let in-flight requests finish on a worker being replaced, and on shutdown.",
+)
+@option(
+    "--log-format",
+    env="log_format",
+    default="text",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or one JSON object each.",
+)
+@option(
+    "--log-level",
+    env="log_level",
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Least severe level logged.",
+)
+@option(
+    "--access-log/--no-access-log",
+    env="access_log",
+    default=False,
+    help="Log every request on the public port (costs throughput).",
+)
+def serve(**options: Any) -> None:  # fmt: skip
+    """Serve MODEL_URI on the public port and keep it on the version the registry names."""
+    from .logs import setup_logging
+    from .sidecar import serve as run_sidecar
+
+    worker_env = dict(os.environ)
+    if options["tracking_uri"]:
+        worker_env["MLFLOW_TRACKING_URI"] = options["tracking_uri"]
+        os.environ["MLFLOW_TRACKING_URI"] = options["tracking_uri"]
+    for name, value in CLIENT_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    config = Config(**options, worker_env=worker_env)
+    setup_logging(config.log_format, config.log_level, config.access_log)
+    sys.exit(_run(run_sidecar(config)))
+
+
+def _run(main_coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
+        return asyncio.run(main_coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main_coro)

@@ -1,0 +1,28 @@
+"""Everything `mlflow-bluegreen serve` was told, after validation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Config:
+    model_uri: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    tracking_uri: str | None = None
+    env_manager: str = "local"
+    workers: int = 1
+    timeout: int = 60
+    poll_interval: float = 5.0
+    startup_timeout: float = 600.0
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+    access_log: bool = False
+    # The environment workers start from: the sidecar's own, before it tuned its registry client.
+    worker_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

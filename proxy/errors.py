@@ -1,0 +1,36 @@
+"""Responses in MLflow's error shape, for what the sidecar itself answers on the public port."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def mlflow_error(status: int, error_code: str, message: str, **headers: str) -> web.Response:
+    """A JSON body `{"error_code": ..., "message": ...}` as the scoring server writes its own."""
+    body = json.dumps({"error_code": error_code, "message": message})
+    return web.Response(
+        status=status, body=body.encode(), content_type="application/json", headers=headers
+    )
+
+
+def not_ready(message: str = "No model version is ready to serve yet.") -> web.Response:
+    return mlflow_error(
+        503, "TEMPORARILY_UNAVAILABLE", message, **{"Retry-After": RETRY_AFTER_SECONDS}
+    )
+
+
+def upstream_timeout() -> web.Response:
+    return mlflow_error(504, "DEADLINE_EXCEEDED", "The model server did not answer in time.")
+
+
+def upstream_failed(reason: str) -> web.Response:
+    return mlflow_error(
+        502,
+        "TEMPORARILY_UNAVAILABLE",
+        f"The model server failed: {reason}",
+        **{"Retry-After": RETRY_AFTER_SECONDS},
+    )

@@ -1,0 +1,167 @@
+"""Puts the parts together and runs them: ports, supervisor, watcher, and an ordered shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ..worker.process import WorkerProcess, WorkerSpec, become_subreaper
+from ..worker.registry import FixedResolver, RegistryResolver, Resolver
+from ..worker.swap import Supervisor
+from ..worker.uri import ModelRef, parse_model_uri
+from ..worker.watcher import Watcher
+from .admin import build_admin_app
+from .config import Config
+from .forward import Forwarder
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Sidecar:
+    """The long-lived objects of one sidecar, wired together."""
+
+    def __init__(self, config: Config, resolver: Resolver | None = None) -> None:
+        self.config = config
+        self.ref: ModelRef = parse_model_uri(config.model_uri)
+        spec = WorkerSpec(
+            env_manager=config.env_manager,
+            workers=config.workers,
+            timeout=config.timeout,
+            base_env=config.worker_env,
+            access_log=config.access_log,
+        )
+        ref = self.ref
+        self.supervisor = Supervisor(
+            lambda slot, version: WorkerProcess(slot, version, ref.launch_uri(version), spec),
+            startup_timeout=config.startup_timeout,
+            drain_timeout=config.drain_timeout,
+        )
+        self.metrics = Metrics(CollectorRegistry(), in_flight=self.supervisor.in_flight)
+        self.supervisor.observer = self.metrics
+        if resolver is None:
+            resolver = (
+                RegistryResolver(ref, config.tracking_uri) if ref.tracked else FixedResolver(ref)
+            )
+        self.watcher = Watcher(
+            resolver,
+            self.supervisor,
+            poll_interval=config.poll_interval,
+            tracked=ref.tracked,
+            on_error=self.metrics.registry_error,
+        )
+        self.started_at = time.time()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model_uri": self.config.model_uri,
+            "tracked": self.ref.tracked,
+            "tracks": self.ref.describe() if self.ref.tracked else None,
+            "started_at": self.started_at,
+            "ready": self.supervisor.ready,
+            "registry": self.watcher.status(),
+            **self.supervisor.status(),
+        }
+
+
+async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise SystemExit(
+            f"mlflow-bluegreen: cannot listen on {host}:{port} ({what}): {error}"
+        ) from error
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; return the exit code."""
+    sidecar = Sidecar(config)
+    become_subreaper()
+    loop = asyncio.get_running_loop()
+
+    forwarder = Forwarder(sidecar.supervisor, sidecar.metrics.observe_request)
+    public = web.ServerRunner(
+        web.Server(
+            forwarder,
+            auto_decompress=False,  # forward compressed bodies as they came
+            access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+        ),
+        shutdown_timeout=config.drain_timeout,
+    )
+    admin = web.AppRunner(build_admin_app(sidecar), access_log=None)
+    await _start_site(public, config.host, config.port, "public port")
+    try:
+        await _start_site(admin, config.admin_host, config.admin_port, "admin port")
+    except SystemExit:
+        await public.cleanup()
+        raise
+
+    # A URI the registry says does not exist will not start existing by itself: stop now, loudly.
+    # A registry that does not answer may come back: keep trying and serve 503 meanwhile.
+    if not await sidecar.watcher.resolve_now():
+        error = sidecar.watcher.last_error
+        if error is not None and error.permanent:
+            log.error("cannot serve %s: %s", config.model_uri, error)
+            await admin.cleanup()
+            await public.cleanup()
+            return 2
+
+    stop = asyncio.Event()
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        # Only note it; the shutdown below runs in the main flow.
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            stop.set()
+        else:
+            log.warning("second signal: killing workers and exiting now")
+            sidecar.supervisor.kill_now()
+            os._exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    tasks = [
+        asyncio.create_task(sidecar.supervisor.run(), name="supervisor"),
+        asyncio.create_task(sidecar.watcher.run(), name="watcher"),
+    ]
+    log.info(
+        "serving %s on http://%s:%d (admin http://%s:%d)",
+        config.model_uri,
+        config.host,
+        config.port,
+        config.admin_host,
+        config.admin_port,
+    )
+    waiter = asyncio.create_task(stop.wait())
+    pending: set[asyncio.Task[Any]] = {waiter, *tasks}
+    crashed: list[asyncio.Task[Any]] = []
+    while not stop.is_set() and not crashed:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        # The watcher of a fixed URI ends once it has resolved; only an exception is a crash.
+        crashed = [t for t in done if t is not waiter and t.exception() is not None]
+    for task in crashed:
+        log.error("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+
+    log.info("shutting down: no new connections, finishing in-flight requests")
+    began = time.monotonic()
+    await public.cleanup()  # stop accepting, wait for handlers (up to the drain timeout)
+    for task in (*tasks, waiter):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await sidecar.supervisor.close()
+    await admin.cleanup()
+    log.info("stopped in %.2f s", time.monotonic() - began)
+    return 1 if crashed else 0

@@ -1,0 +1,1 @@
+"""Worker side of the sidecar: `mlflow models serve` processes, the registry, and the swap."""

@@ -1,0 +1,365 @@
+"""One `mlflow models serve` child process: spawn it, relay its output, reap it, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import aiohttp
+
+from .inflight import InFlight
+
+log = logging.getLogger("mlflow_bluegreen.worker")
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+# Loaded once in the parent: the child may only make the prctl call between fork and exec, where
+# loading a library could deadlock on a lock another thread held at fork time.
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+# The proxy's pool drops idle connections after POOL_KEEPALIVE seconds; the worker keeps them
+# open far longer, so the proxy, never the worker, closes an idle connection. Otherwise a request
+# can be written onto a connection the worker closed a moment before, and aiohttp never retries
+# a POST.
+POOL_KEEPALIVE = 15.0
+WORKER_KEEPALIVE = 75
+
+
+def become_subreaper() -> bool:
+    """Adopt our workers' orphaned descendants (uvicorn outlives `mlflow models serve` by a
+    moment when stopped), so we reap them instead of leaving zombies when we run as PID 1."""
+    if _libc is None:
+        return False
+    return _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with(parent_pid: int) -> Any:
+    def preexec() -> None:
+        # SIGKILL the `mlflow models serve` process when the sidecar dies, however it dies; MLflow
+        # itself makes uvicorn follow its parent with SIGTERM, which frees the port.
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the sidecar died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class WorkerFailed(Exception):
+    """A worker did not become fit to serve. `step` is where it failed; `output` its last lines."""
+
+    def __init__(self, step: str, reason: str, output: list[str] | None = None) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+        self.output = output or []
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How every worker is launched; the same for all versions."""
+
+    env_manager: str = "local"
+    workers: int = 1
+    timeout: int = 60
+    host: str = "127.0.0.1"
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    connections: int = 100
+    access_log: bool = False
+
+    def command(self, model_uri: str, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "models", "serve",
+            "--model-uri", model_uri,
+            "--host", self.host,
+            "--port", str(port),
+            "--env-manager", self.env_manager,
+            "--workers", str(self.workers),
+            "--timeout", str(self.timeout),
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.base_env)
+        # `mlflow models serve` finds uvicorn on PATH: make it the one beside our interpreter.
+        bin_dir = os.path.dirname(sys.executable)
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
+        env["UVICORN_TIMEOUT_KEEP_ALIVE"] = str(WORKER_KEEPALIVE)
+        env["PYTHONUNBUFFERED"] = "1"
+        # A line per request through our log costs more than the request; --access-log turns
+        # both the proxy's and the workers' access logs on.
+        env.setdefault("UVICORN_ACCESS_LOG", "true" if self.access_log else "false")
+        return env
+
+
+class WorkerProcess:
+    """A real `mlflow models serve` on a free loopback port, serving one pinned model version."""
+
+    def __init__(self, slot: str, version: str, model_uri: str, spec: WorkerSpec) -> None:
+        self.slot = slot
+        self.version = version
+        self.model_uri = model_uri
+        self.spec = spec
+        self.in_flight = InFlight()
+        self.port: int | None = None
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.started_at: float | None = None
+        self.output: deque[str] = deque(maxlen=40)
+        self.session: aiohttp.ClientSession | None = None
+        self.fresh_session: aiohttp.ClientSession | None = None
+        self.base_url = ""
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._exited = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._example: asyncio.Task[str | None] | None = None
+        self._log_extra = {"slot": slot, "version": version}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.port = free_port(self.spec.host)
+        self.base_url = f"http://{self.spec.host}:{self.port}"
+        command = self.spec.command(self.model_uri, self.port)
+        log.info("starting worker: %s", " ".join(command), extra=self._log_extra)
+        # Popen only forks and execs; the worker's slow start happens after, in wait_ready.
+        self._popen = subprocess.Popen(  # noqa: ASYNC220
+            command,
+            env=self.spec.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: we stop uvicorn with it
+            preexec_fn=_die_with(os.getpid()),  # noqa: PLW1509 - only a prctl call, see _die_with
+        )
+        self.pid = self._popen.pid
+        self.started_at = time.monotonic()
+        self.session = self._new_session(force_close=False)
+        self.fresh_session = self._new_session(force_close=True)
+        assert self._popen.stdout is not None
+        self._tasks = [
+            asyncio.create_task(self._relay(self._popen.stdout), name=f"relay-{self.slot}"),
+            asyncio.create_task(self._reap_until_exit(), name=f"reap-{self.slot}"),
+        ]
+        # Fetch the warm-up payload while the worker boots, not after.
+        self._example = asyncio.create_task(asyncio.to_thread(load_serving_example, self.model_uri))
+
+    def _new_session(self, *, force_close: bool) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.spec.connections,
+            keepalive_timeout=None if force_close else POOL_KEEPALIVE,
+            force_close=force_close,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            # Forward bytes as they are: no decompression, no headers the client did not send.
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=5, sock_read=self.spec.timeout + 10
+            ),
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self._popen is not None and self.returncode is None
+
+    async def wait_exit(self) -> int | None:
+        await self._exited.wait()
+        return self.returncode
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once `GET /ping` answers 200; raise WorkerFailed if the process exits first or
+        `timeout` seconds pass."""
+        assert self.session is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.returncode is not None:
+                raise self._failure("start", f"exited with code {self.returncode} before ready")
+            if time.monotonic() > deadline:
+                raise self._failure("start", f"not ready after {timeout:g} s")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self.session.get(
+                    f"{self.base_url}/ping", timeout=aiohttp.ClientTimeout(total=2)
+                ) as response:
+                    await response.read()
+                    if response.status == 200:
+                        return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), 0.25)
+
+    async def warm_up(self) -> bool:
+        """POST the model's saved serving input example; False when the model has none."""
+        assert self.session is not None and self._example is not None
+        try:
+            payload = await self._example
+        except Exception as error:
+            raise self._failure("warm-up", f"could not read the input example: {error}") from error
+        if payload is None:
+            return False
+        try:
+            async with self.session.post(
+                f"{self.base_url}/invocations",
+                data=payload.encode(),
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self.spec.timeout + 10),
+            ) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise self._failure("warm-up", f"request failed: {error!r}") from error
+        if not 200 <= response.status < 300:
+            text = body[:300].decode(errors="replace")
+            raise self._failure("warm-up", f"answered {response.status}: {text}")
+        return True
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the worker's process group, SIGKILL what is left after `grace`, reap it all."""
+        if self._popen is not None and self._group_alive():
+            self._signal_group(signal.SIGTERM)
+            if not await self._wait_group_gone(grace):
+                log.warning(
+                    "worker did not stop within %g s; killing it", grace, extra=self._log_extra
+                )
+                self._signal_group(signal.SIGKILL)
+                await self._wait_group_gone(10.0)
+        await self._close()
+
+    def kill_now(self) -> None:
+        """For a forced exit: no waiting, no cleanup beyond the signal."""
+        if self._popen is not None:
+            self._signal_group(signal.SIGKILL)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._example is not None:
+            self._example.cancel()
+        for session in (self.session, self.fresh_session):
+            if session is not None:
+                await session.close()
+        if self._popen is not None and self._popen.stdout is not None:
+            self._popen.stdout.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "version": self.version,
+            "model_uri": self.model_uri,
+            "pid": self.pid,
+            "port": self.port,
+            "alive": self.alive,
+            "in_flight": self.in_flight.count,
+        }
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _signal_group(self, signum: int) -> None:
+        assert self.pid is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def _group_alive(self) -> bool:
+        assert self.pid is not None
+        self._reap()
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    async def _wait_group_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._group_alive():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def _reap(self) -> None:
+        """Collect every exited process of the worker's group that is our child (the leader, and
+        with a subreaper also its orphaned uvicorn)."""
+        assert self.pid is not None
+        while True:
+            try:
+                pid, status = os.waitpid(-self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                if self._popen is not None:
+                    self._popen.returncode = self.returncode
+                self._exited.set()
+
+    async def _reap_until_exit(self) -> None:
+        # Polling is cheap (a syscall every 100 ms) and cannot race the event loop's own child
+        # watcher the way a SIGCHLD handler of ours could.
+        while self.returncode is None:
+            self._reap()
+            if self.returncode is None:
+                await asyncio.sleep(0.1)
+        level = logging.INFO if self.returncode in (0, -signal.SIGTERM) else logging.WARNING
+        log.log(level, "worker exited with code %s", self.returncode, extra=self._log_extra)
+        # Whatever the leader left behind in its group goes with it.
+        if self._group_alive():
+            self._signal_group(signal.SIGTERM)
+            if not await self._wait_group_gone(5.0):
+                self._signal_group(signal.SIGKILL)
+                await self._wait_group_gone(5.0)
+
+    async def _relay(self, pipe: IO[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # one line over the limit: relay it in pieces
+                    line = await reader.read(1 << 16)
+                if not line:
+                    return
+                text = line.decode(errors="replace").rstrip()
+                if text:
+                    self.output.append(text)
+                    log.info("%s", text, extra=self._log_extra)
+        finally:
+            transport.close()
+
+    def _failure(self, step: str, reason: str) -> WorkerFailed:
+        return WorkerFailed(step, reason, list(self.output)[-15:])
+
+
+def load_serving_example(model_uri: str) -> str | None:
+    """The JSON body MLflow saved to exercise `/invocations`, or None if the model has none.
+    Blocking (it may download two small files): run it in a thread."""
+    from mlflow.models import Model
+    from mlflow.models.utils import load_serving_example as mlflow_load_serving_example
+
+    model = Model.load(model_uri)
+    info = model.saved_input_example_info or {}
+    if not info.get("serving_input_path"):
+        return None
+    return str(mlflow_load_serving_example(model_uri))
