@@ -35,6 +35,31 @@ def _check_model_uri(_ctx: click.Context, _param: click.Parameter, value: str) -
     return value.strip()
 
 
+def adsp_http_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options anaconda-project passes to a command with `supports_http_options: true`.
+    Address and port decide where the public port listens; the rest concern a browser UI,
+    which a model server has not, and are accepted and ignored."""
+    for name in ("host", "iframe-hosts"):
+        command = click.option(f"--anaconda-project-{name}", multiple=True, hidden=True)(command)
+    for name in ("address", "url-prefix"):
+        command = click.option(f"--anaconda-project-{name}", default=None, hidden=True)(command)
+    command = click.option(
+        "--anaconda-project-port", type=click.IntRange(1, 65535), default=None, hidden=True
+    )(command)
+    for name in ("no-browser", "use-xheaders"):
+        command = click.option(f"--anaconda-project-{name}", is_flag=True, hidden=True)(command)
+    return command
+
+
+def apply_adsp_http_options(options: dict[str, Any]) -> None:
+    """The platform's address and port win over ours: it routes traffic to what it chose."""
+    adsp = {k: options.pop(k) for k in list(options) if k.startswith("anaconda_project_")}
+    if adsp["anaconda_project_address"]:
+        options["host"] = adsp["anaconda_project_address"]
+    if adsp["anaconda_project_port"] is not None:
+        options["port"] = adsp["anaconda_project_port"]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mlflow-bluegreen")
 def main() -> None:
@@ -145,11 +170,13 @@ def main() -> None:
     default=False,
     help="Log every request on the public port (costs throughput).",
 )
+@adsp_http_options
 def serve(**options: Any) -> None:  # fmt: skip
     """Serve MODEL_URI on the public port and keep it on the version the registry names."""
     from .logs import setup_logging
     from .sidecar import serve as run_sidecar
 
+    apply_adsp_http_options(options)
     worker_env = dict(os.environ)
     if options["tracking_uri"]:
         worker_env["MLFLOW_TRACKING_URI"] = options["tracking_uri"]
@@ -168,3 +195,29 @@ def _run(main_coro: Any) -> int:
         return asyncio.run(main_coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main_coro)
+
+
+@main.command()
+@click.option(
+    "--duration",
+    default=30.0,
+    type=click.FloatRange(min=10),
+    show_default=True,
+    help="Seconds of traffic.",
+)
+@click.option(
+    "--concurrency",
+    default=4,
+    type=click.IntRange(1),
+    show_default=True,
+    help="Concurrent clients.",
+)
+def demo(duration: float, concurrency: int) -> None:  # fmt: skip
+    """Run an embedded registry and swap two model versions under load (needs scikit-learn)."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(duration, concurrency))
+
+
+if __name__ == "__main__":
+    main()
