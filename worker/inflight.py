@@ -1,4 +1,8 @@
-"""Counts the requests a worker is serving, so a swap can wait for them before stopping it."""
+"""Counts the requests a worker is serving, so a swap can wait for them before stopping it.
+
+Every wait in this package uses `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11
+`wait_for` can swallow a cancellation that arrives as the awaited event fires, which left a
+cancelled supervisor waiting forever."""
 
 from __future__ import annotations
 
@@ -26,5 +30,6 @@ class InFlight:
     async def wait_idle(self, timeout: float) -> bool:
         """True when every request finished within `timeout` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         return self.count == 0

@@ -203,7 +203,8 @@ class WorkerProcess:
                     if response.status == 200:
                         return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._exited.wait(), 0.25)
+                async with asyncio.timeout(0.25):
+                    await self._exited.wait()
 
     async def warm_up(self) -> bool:
         """POST the model's saved serving input example; False when the model has none."""

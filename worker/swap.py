@@ -185,7 +185,8 @@ class Supervisor:
             delay = self._retry_delay(target)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                 continue
             await self._swap(target)
 

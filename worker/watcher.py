@@ -56,7 +56,8 @@ class Watcher:
             if asked:
                 delay = self.poll_interval if ok else self._error_backoff.next_delay()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poke.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._poke.wait()
             asked = True
             self._poke.clear()
             ok = await self.resolve_now()
