@@ -72,6 +72,15 @@ class Sidecar:
         }
 
 
+def public_server(forwarder: Forwarder, *, access_log: bool = False) -> web.Server:
+    """The low-level server of the public port: no router or middleware on the hot path."""
+    return web.Server(
+        forwarder,
+        auto_decompress=False,  # forward compressed bodies as they came
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+
+
 async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
     await runner.setup()
     try:
@@ -91,11 +100,7 @@ async def serve(config: Config) -> int:
 
     forwarder = Forwarder(sidecar.supervisor, sidecar.metrics.observe_request)
     public = web.ServerRunner(
-        web.Server(
-            forwarder,
-            auto_decompress=False,  # forward compressed bodies as they came
-            access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
-        ),
+        public_server(forwarder, access_log=config.access_log),
         shutdown_timeout=config.drain_timeout,
     )
     admin = web.AppRunner(build_admin_app(sidecar), access_log=None)

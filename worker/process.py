@@ -51,6 +51,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def connection_pool(
+    read_timeout: float, limit: int, *, fresh: bool = False
+) -> aiohttp.ClientSession:
+    """The proxy's connections to one worker. `fresh` never reuses a connection: for the one
+    retry after the worker closed a pooled connection under us."""
+    connector = aiohttp.TCPConnector(
+        limit=limit, keepalive_timeout=None if fresh else POOL_KEEPALIVE, force_close=fresh
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # Forward bytes as they are: no decompression, no headers the client did not send.
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout),
+    )
+
+
 def _die_with(parent_pid: int) -> Any:
     def preexec() -> None:
         # SIGKILL the `mlflow models serve` process when the sidecar dies, however it dies; MLflow
@@ -151,8 +168,9 @@ class WorkerProcess:
         )
         self.pid = self._popen.pid
         self.started_at = time.monotonic()
-        self.session = self._new_session(force_close=False)
-        self.fresh_session = self._new_session(force_close=True)
+        read_timeout = self.spec.timeout + 10  # the worker answers 504 itself after `timeout`
+        self.session = connection_pool(read_timeout, self.spec.connections)
+        self.fresh_session = connection_pool(read_timeout, self.spec.connections, fresh=True)
         assert self._popen.stdout is not None
         self._tasks = [
             asyncio.create_task(self._relay(self._popen.stdout), name=f"relay-{self.slot}"),
@@ -160,22 +178,6 @@ class WorkerProcess:
         ]
         # Fetch the warm-up payload while the worker boots, not after.
         self._example = asyncio.create_task(asyncio.to_thread(load_serving_example, self.model_uri))
-
-    def _new_session(self, *, force_close: bool) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.spec.connections,
-            keepalive_timeout=None if force_close else POOL_KEEPALIVE,
-            force_close=force_close,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            # Forward bytes as they are: no decompression, no headers the client did not send.
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=5, sock_read=self.spec.timeout + 10
-            ),
-        )
 
     @property
     def alive(self) -> bool:

@@ -1,0 +1,362 @@
+"""The public port against a real HTTP upstream: what is forwarded, what is not, what fails how."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from mlflow_bluegreen.proxy.forward import Forwarder
+from mlflow_bluegreen.proxy.sidecar import public_server
+from mlflow_bluegreen.worker.inflight import InFlight
+from mlflow_bluegreen.worker.process import connection_pool
+from mlflow_bluegreen.worker.swap import Supervisor
+
+BIG = 3 * 1024 * 1024 + 17  # over the replay limit: streamed, not read whole
+
+
+@dataclass
+class Upstream:
+    """What a worker needs to be forwarded to: an address and its connection pools."""
+
+    base_url: str
+    version: str = "7"
+    read_timeout: float = 5.0
+    in_flight: InFlight = field(default_factory=InFlight)
+
+    def __post_init__(self) -> None:
+        self.session = connection_pool(self.read_timeout, 10)
+        self.fresh_session = connection_pool(self.read_timeout, 10, fresh=True)
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.fresh_session.close()
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    if request.path == "/big":
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = BIG
+        await response.prepare(request)
+        block = bytes(range(256)) * 4096
+        sent = 0
+        while sent < BIG:
+            piece = block[: BIG - sent]
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+        return response
+    if request.path == "/slow":
+        await asyncio.sleep(float(request.query.get("s", "1")))
+    if request.path == "/gzipped":
+        return web.Response(
+            body=gzip.compress(b'{"predictions": [1]}'),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "path_qs": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "length": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        },
+        headers={"X-Upstream": "echo"},
+    )
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[TestServer]:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(auto_decompress=False)
+    yield server
+    await server.close()
+
+
+class Proxy:
+    """The public port exactly as the sidecar builds it, in front of `upstream`."""
+
+    def __init__(self, runner: web.ServerRunner, supervisor: Supervisor, seen: list[Any]) -> None:
+        self.runner = runner
+        self.supervisor = supervisor
+        self.seen = seen
+        self.port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def raw(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send bytes exactly as given; parse the answer loosely."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(request)
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(lines[0].split()[1]), headers, body
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[Callable[[Upstream | None], Awaitable[Proxy]]]:
+    created: list[tuple[web.ServerRunner, Upstream | None]] = []
+
+    async def make(upstream: Upstream | None) -> Proxy:
+        supervisor = Supervisor(lambda slot, version: None)  # type: ignore[arg-type, return-value]
+        supervisor.active = upstream  # type: ignore[assignment]
+        seen: list[Any] = []
+        forwarder = Forwarder(supervisor, lambda *args: seen.append(args))
+        runner = web.ServerRunner(public_server(forwarder), shutdown_timeout=1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        created.append((runner, upstream))
+        return Proxy(runner, supervisor, seen)
+
+    yield make
+    for runner, upstream in created:
+        await runner.cleanup()
+        if upstream is not None:
+            await upstream.close()
+
+
+@pytest.fixture
+async def proxy(echo_upstream: TestServer, make_proxy: Any) -> Proxy:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}")
+    return await make_proxy(upstream)
+
+
+async def test_before_any_worker_is_ready_everything_is_503_in_mlflow_shape(
+    make_proxy: Any,
+) -> None:
+    proxy = await make_proxy(None)
+    async with aiohttp.ClientSession() as client:
+        for method, path in (("GET", "/ping"), ("GET", "/health"), ("POST", "/invocations")):
+            async with client.request(method, proxy.url + path, data=b"{}") as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"]
+                assert response.content_type == "application/json"
+                body = await response.json()
+                assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
+                assert body["message"]
+    assert [status for _m, status, _t in proxy.seen] == [503, 503, 503]
+
+
+async def test_forwards_method_path_query_and_body_and_adds_the_version(proxy: Proxy) -> None:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(
+            proxy.url + "/invocations?x=1",
+            data=b'{"inputs": [1]}',
+            headers={"Content-Type": "application/json"},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Model-Version"] == "7"
+        assert response.headers["X-Upstream"] == "echo"
+        seen = await response.json()
+    assert seen["method"] == "POST"
+    assert seen["sha256"] == hashlib.sha256(b'{"inputs": [1]}').hexdigest()
+    assert dict(seen["headers"])["Content-Type"] == "application/json"
+    assert proxy.seen[0][:2] == ("POST", 200)
+
+
+async def test_path_and_query_are_forwarded_byte_for_byte(proxy: Proxy) -> None:
+    status, _headers, body = await proxy.raw(
+        b"GET /a%2Fb/../c?y=%2F&z=%20+1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 200
+    assert json.loads(body)["path_qs"] == "/a%2Fb/../c?y=%2F&z=%20+1"
+
+
+async def test_hop_by_hop_request_headers_are_dropped_and_host_rewritten(proxy: Proxy) -> None:
+    status, _headers, body = await proxy.raw(
+        b"POST /invocations HTTP/1.1\r\n"
+        b"Host: public.example\r\n"
+        b"Connection: close, X-Drop-Me\r\n"
+        b"X-Drop-Me: secret\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"TE: trailers\r\n"
+        b"Upgrade: h2c\r\n"
+        b"Proxy-Connection: keep-alive\r\n"
+        b"X-Keep-Me: yes\r\n"
+        b"Content-Type: text/csv\r\n"
+        b"Content-Length: 3\r\n\r\n"
+        b"1,2"
+    )
+    assert status == 200
+    seen = json.loads(body)
+    names = {k.lower(): v for k, v in seen["headers"]}
+    for dropped in ("x-drop-me", "keep-alive", "te", "upgrade", "proxy-connection"):
+        assert dropped not in names, dropped
+    assert names["x-keep-me"] == "yes"
+    assert names["content-type"] == "text/csv"
+    assert names["content-length"] == "3"
+    assert names["host"] != "public.example"
+    # Nothing the client did not send: no library User-Agent, Accept or Accept-Encoding.
+    assert not {"user-agent", "accept", "accept-encoding"} & set(names)
+
+
+async def test_hop_by_hop_response_headers_are_dropped(make_proxy: Any) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Secret\r\nX-Secret: 1\r\n"
+            b"Keep-Alive: timeout=5\r\nX-Fine: 1\r\nServer: uvicorn\r\n\r\nok"
+        )
+        await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    status, headers, body = await proxy.raw(
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    server.close()
+    assert (status, body) == (200, b"ok")
+    assert headers["x-fine"] == "1"
+    assert headers["server"] == "uvicorn"
+    assert "x-secret" not in headers
+    assert "keep-alive" not in headers
+
+
+async def test_large_bodies_stream_both_ways(proxy: Proxy) -> None:
+    payload = bytes(i % 251 for i in range(BIG))
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.url + "/invocations", data=payload) as response:
+            seen = await response.json()
+        assert (seen["length"], seen["sha256"]) == (BIG, hashlib.sha256(payload).hexdigest())
+
+        async with client.get(proxy.url + "/big") as response:
+            assert response.headers["Content-Length"] == str(BIG)
+            received = await response.read()
+        block = bytes(range(256)) * 4096
+        assert received == (block * (BIG // len(block) + 1))[:BIG]
+
+
+async def test_chunked_request_body_is_forwarded_whole(proxy: Proxy) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield f"row{i},".encode()
+
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=chunks()) as response,
+    ):
+        seen = await response.json()
+    assert seen["sha256"] == hashlib.sha256(b"row0,row1,row2,row3,row4,").hexdigest()
+
+
+async def test_compressed_bodies_pass_through_untouched(proxy: Proxy) -> None:
+    packed = gzip.compress(b'{"inputs": [[1, 2]]}')
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        async with client.post(
+            proxy.url + "/invocations", data=packed, headers={"Content-Encoding": "gzip"}
+        ) as response:
+            seen = await response.json()
+        assert seen["sha256"] == hashlib.sha256(packed).hexdigest()
+        assert dict(seen["headers"])["Content-Encoding"] == "gzip"
+
+        async with client.get(proxy.url + "/gzipped") as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(await response.read()) == b'{"predictions": [1]}'
+
+
+async def test_a_connection_closed_before_any_response_byte_is_retried_once(
+    make_proxy: Any,
+) -> None:
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        if connections == 1:  # as a worker closing an idle keep-alive connection would
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=b"{}") as response,
+    ):
+        assert (response.status, await response.read()) == (200, b"ok")
+    server.close()
+    assert connections == 2
+
+
+async def test_upstream_down_is_502_in_mlflow_shape(make_proxy: Any) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=b"{}") as response,
+    ):
+        assert response.status == 502
+        body = await response.json()
+    assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+async def test_upstream_timeout_is_504_in_mlflow_shape(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}", read_timeout=0.2)
+    proxy = await make_proxy(upstream)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.url + "/slow?s=2") as response,
+    ):
+        assert response.status == 504
+        body = await response.json()
+    assert body["error_code"] == "DEADLINE_EXCEEDED"
+    assert upstream.in_flight.count == 0
+
+
+async def test_in_flight_is_counted_while_forwarding(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}")
+    proxy = await make_proxy(upstream)
+    async with aiohttp.ClientSession() as client:
+        request = asyncio.create_task(client.get(proxy.url + "/slow?s=0.3"))
+        await asyncio.sleep(0.15)
+        assert upstream.in_flight.count == 1
+        response = await request
+        await response.read()
+        response.release()
+    assert upstream.in_flight.count == 0
+
+
+async def test_client_that_disconnects_mid_request_leaves_nothing_in_flight(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}")
+    proxy = await make_proxy(upstream)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /slow?s=0.3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    await asyncio.sleep(0.5)
+    assert upstream.in_flight.count == 0
