@@ -63,10 +63,12 @@ async def closed_loop(
     payload: bytes = IRIS_PAYLOAD,
     content_type: str = "application/json",
     timeout: float = 30.0,
+    began: float | None = None,
 ) -> LoadResult:
     """`concurrency` clients, each sending the next request when the last one answered, over
-    keep-alive connections, until `stop` is set."""
-    began = time.monotonic()
+    keep-alive connections, until `stop` is set. `Outcome.sent` counts from `began`
+    (a `time.monotonic()` reading; default: now)."""
+    began = time.monotonic() if began is None else began
     outcomes: list[Outcome] = []
     headers = {"Content-Type": content_type}
 
