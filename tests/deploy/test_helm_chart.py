@@ -1,0 +1,455 @@
+"""The Helm chart: renders, lints, validates against Kubernetes' schemas, and configures a
+container our real CLI accepts, with probes and ports that match what the sidecar serves."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import kubernetes_validate.utils
+import pytest
+import yaml
+from helm_python import Chart, HelmValuesError, lint
+
+from mlflow_bluegreen.proxy.cli import ENV_PREFIX
+from mlflow_bluegreen.worker.swap import Supervisor
+
+from .support import CHART, cli_env_vars, dockerfile_env, parse_serve, pending_env_vars
+
+# The Kubernetes release the rendered objects are validated against (strict: unknown fields
+# fail). The chart says kubeVersion >=1.25 and uses only APIs that are GA there.
+KUBERNETES_VERSION = "1.30.0"
+RELEASE = "demo"
+NAMESPACE = "ml"
+# Custom resources kubernetes-validate has no schema for; checked by hand below.
+CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# After draining, the sidecar gives its workers this long to stop (then SIGKILLs them).
+WORKER_STOP_GRACE: float = inspect.signature(Supervisor).parameters["stop_grace"].default
+
+CI_VALUES = sorted(CHART.glob("ci/*-values.yaml"))
+CASES = ["chart-defaults", *(p.name for p in CI_VALUES)]
+
+
+@dataclass
+class Rendered:
+    name: str
+    values: dict[str, Any] | None
+    merged: dict[str, Any]
+    manifests: dict[str, str]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"{self.name}: expected one {kind} {name or ''}, got {found}"
+        return found[0]
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.one("Deployment")
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        return self.deployment["spec"]["template"]
+
+    @property
+    def container(self) -> dict[str, Any]:
+        containers = self.pod["spec"]["containers"]
+        assert len(containers) == 1
+        return containers[0]
+
+    @property
+    def env(self) -> dict[str, dict[str, Any]]:
+        entries = self.container["env"]
+        names = [e["name"] for e in entries]
+        assert len(names) == len(set(names)), f"duplicate env vars: {names}"
+        return {e["name"]: e for e in entries}
+
+    def literal_env(self) -> dict[str, str]:
+        return {n: e["value"] for n, e in self.env.items() if "value" in e}
+
+    def port(self, name: str) -> int:
+        ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
+        return ports[name]
+
+    def resolve_port(self, port: int | str) -> int:
+        return self.port(port) if isinstance(port, str) else port
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Chart]:
+    with Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def _values(case: str) -> dict[str, Any] | None:
+    if case == "chart-defaults":
+        return None
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "ci" / case).read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module", params=CASES)
+def rendered(request: pytest.FixtureRequest, chart: Chart) -> Rendered:
+    values = _values(request.param)
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    result = Rendered(request.param, values, chart.merge_values(values), manifests)
+    for path, text in manifests.items():
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        result.objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _schemas_read_once() -> Iterator[None]:
+    """kubernetes-validate reads its (large) schema files again for every object: read each
+    once while this module runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            kubernetes_validate.utils,
+            "schema_contents",
+            functools.cache(kubernetes_validate.utils.schema_contents),
+        )
+        yield
+
+
+def test_ci_values_exist() -> None:
+    names = {p.name for p in CI_VALUES}
+    assert {
+        "default-values.yaml",
+        "alias-with-secret-values.yaml",
+        "hpa-servicemonitor-values.yaml",
+        "existing-secret-values.yaml",
+    } <= names
+
+
+def test_chart_layout_is_what_helm_create_makes(chart: Chart) -> None:
+    assert chart.metadata["apiVersion"] == "v2"
+    assert chart.metadata["name"] == "mlflow-bluegreen"
+    templates = {t["name"] for t in chart.templates}
+    for name in (
+        "_helpers.tpl",
+        "deployment.yaml",
+        "service.yaml",
+        "serviceaccount.yaml",
+        "NOTES.txt",
+        "tests/test-connection.yaml",
+    ):
+        assert f"templates/{name}" in templates
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    for helper in ("name", "fullname", "labels", "selectorLabels", "serviceAccountName"):
+        assert f'define "mlflow-bluegreen.{helper}"' in helpers
+    assert chart.schema is not None
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lint_is_clean(case: str) -> None:
+    report = lint(CHART, _values(case), strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); 2 and up are warnings and errors.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_every_object_is_valid_kubernetes(rendered: Rendered) -> None:
+    assert rendered.objects
+    for obj in rendered.objects:
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_RESOURCES:
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert obj["metadata"]["name"].startswith(rendered.deployment["metadata"]["name"]) or (
+            obj["kind"] == "ServiceAccount"
+        )
+
+
+def test_objects_are_the_ones_the_values_ask_for(rendered: Rendered) -> None:
+    values = rendered.merged
+    kinds = sorted(o["kind"] for o in rendered.objects)
+    assert kinds.count("Deployment") == 1
+    assert kinds.count("ConfigMap") == 0
+    assert bool(rendered.of_kind("HorizontalPodAutoscaler")) == values["autoscaling"]["enabled"]
+    assert bool(rendered.of_kind("PodDisruptionBudget")) == values["podDisruptionBudget"]["enabled"]
+    assert (
+        bool(rendered.of_kind("ServiceMonitor")) == values["metrics"]["serviceMonitor"]["enabled"]
+    )
+    assert bool(rendered.of_kind("ServiceAccount")) == values["serviceAccount"]["create"]
+    assert rendered.pod["spec"]["serviceAccountName"] == (
+        values["serviceAccount"]["name"] or rendered.deployment["metadata"]["name"]
+    )
+
+
+def test_container_is_configured_only_through_our_env_vars(rendered: Rendered) -> None:
+    container = rendered.container
+    # The image's ENTRYPOINT is `mlflow-bluegreen serve`: nothing may replace or extend it.
+    assert "command" not in container
+    assert "args" not in container
+    known = cli_env_vars() | pending_env_vars()
+    ours = {n for n in rendered.env if n.startswith(ENV_PREFIX)}
+    assert ours - known == set(), "env vars the CLI does not read (and no issue adds)"
+    assert rendered.env["MLFLOW_BLUEGREEN_MODEL_URI"]["value"] == rendered.merged["model"]["uri"]
+
+
+def test_real_cli_accepts_the_container_configuration(
+    rendered: Rendered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the process sees: the image's ENV, overridden by the pod's env.
+    env = {
+        name: value
+        for name, value in {**dockerfile_env(), **rendered.literal_env()}.items()
+        if name.startswith(ENV_PREFIX) and name not in pending_env_vars()
+    }
+    for name, entry in rendered.env.items():
+        if "valueFrom" in entry and name.startswith(ENV_PREFIX) and name in cli_env_vars():
+            env[name] = f"from-{name.lower()}"
+    options = parse_serve(monkeypatch, [], env)
+
+    values = rendered.merged
+    assert options["model_uri"] == values["model"]["uri"]
+    assert options["host"] == "0.0.0.0"
+    assert options["admin_host"] == "0.0.0.0"
+    assert options["port"] == rendered.port("http") == values["ports"]["http"]
+    assert options["admin_port"] == rendered.port("admin") == values["ports"]["admin"]
+    assert options["tracking_uri"] == (values["tracking"]["uri"] or None)
+    assert options["env_manager"] == values["model"]["envManager"]
+    assert options["workers"] == values["model"]["workers"]
+    assert options["timeout"] == values["model"]["timeout"]
+    assert options["poll_interval"] == pytest.approx(values["model"]["pollInterval"])
+    assert options["startup_timeout"] == pytest.approx(values["model"]["startupTimeout"])
+    assert options["drain_timeout"] == pytest.approx(values["drainTimeout"])
+    assert options["log_format"] == values["logging"]["format"]
+    assert options["log_level"].lower() == values["logging"]["level"].lower()
+    assert options["access_log"] is values["logging"]["accessLog"]
+    if "shutdown_delay" in options:  # once --shutdown-delay exists
+        assert options["shutdown_delay"] == pytest.approx(values["shutdownDelay"])
+
+
+def test_shutdown_delay_is_passed_for_the_shutdown_delay_option(rendered: Rendered) -> None:
+    value = rendered.env["MLFLOW_BLUEGREEN_SHUTDOWN_DELAY"]["value"]
+    assert float(value) == pytest.approx(rendered.merged["shutdownDelay"])
+
+
+def test_probes_point_at_real_endpoints(rendered: Rendered) -> None:
+    container = rendered.container
+    public, admin = rendered.port("http"), rendered.port("admin")
+    env = rendered.literal_env()
+    assert int(env["MLFLOW_BLUEGREEN_PORT"]) == public
+    assert int(env["MLFLOW_BLUEGREEN_ADMIN_PORT"]) == admin
+
+    for probe in ("startupProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/ping", probe
+        assert rendered.resolve_port(get["port"]) == public, probe
+    live = container["livenessProbe"]["httpGet"]
+    assert live["path"] == "/livez"
+    assert rendered.resolve_port(live["port"]) == admin
+
+
+def test_startup_probe_allows_a_cold_start_with_an_env_build(rendered: Rendered) -> None:
+    startup = rendered.container["startupProbe"]
+    budget = startup["failureThreshold"] * startup["periodSeconds"]
+    assert budget >= float(rendered.literal_env()["MLFLOW_BLUEGREEN_STARTUP_TIMEOUT"])
+
+
+def test_termination_grace_covers_delay_drain_and_worker_stop(rendered: Rendered) -> None:
+    env = rendered.literal_env()
+    needed = (
+        float(env["MLFLOW_BLUEGREEN_SHUTDOWN_DELAY"])
+        + float(env["MLFLOW_BLUEGREEN_DRAIN_TIMEOUT"])
+        + WORKER_STOP_GRACE
+    )
+    assert rendered.pod["spec"]["terminationGracePeriodSeconds"] >= needed
+
+
+def test_termination_grace_is_computed_from_the_values(chart: Chart) -> None:
+    values = {"shutdownDelay": 7.5, "drainTimeout": 120.2, "terminationGraceMarginSeconds": 0}
+    manifest = chart.render(values, name=RELEASE)["mlflow-bluegreen/templates/deployment.yaml"]
+    grace = yaml.safe_load(manifest)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == math.ceil(7.5) + math.ceil(120.2) + math.ceil(WORKER_STOP_GRACE)
+
+
+def test_runs_non_root_with_a_read_only_root_and_writable_scratch(rendered: Rendered) -> None:
+    pod_security = rendered.pod["spec"]["securityContext"]
+    security = rendered.container["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsUser"] == 10001
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == 10001
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod_security["seccompProfile"]["type"] == "RuntimeDefault"
+
+    volumes = {v["name"]: v for v in rendered.pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in rendered.container["volumeMounts"]}
+
+    def writable(path: str) -> bool:
+        return any(
+            (path == mount or path.startswith(mount.rstrip("/") + "/"))
+            and "emptyDir" in volumes[name]
+            for mount, name in mounts.items()
+        )
+
+    env = rendered.literal_env()
+    assert writable("/tmp")
+    for name in ("HOME", "XDG_CACHE_HOME", "MLFLOW_ENV_ROOT"):
+        assert writable(env[name]), name
+
+
+def test_tracking_token_comes_from_a_secret(rendered: Rendered) -> None:
+    token = rendered.merged["tracking"]["token"]
+    if not (token["existingSecret"] or token["value"]):
+        assert "MLFLOW_TRACKING_TOKEN" not in rendered.env
+        return
+    entry = rendered.env["MLFLOW_TRACKING_TOKEN"]
+    assert "value" not in entry
+    ref = entry["valueFrom"]["secretKeyRef"]
+    if token["existingSecret"]:
+        assert ref == {"name": token["existingSecret"], "key": token["existingSecretKey"]}
+        assert all(s["metadata"]["name"] != ref["name"] for s in rendered.of_kind("Secret"))
+    else:
+        secret = rendered.one("Secret", ref["name"])
+        assert base64.b64decode(secret["data"][ref["key"]]).decode() == token["value"]
+        # The token is in the Secret and nowhere else.
+        others = [o for o in rendered.objects if o is not secret]
+        assert token["value"] not in json.dumps(others)
+        assert "checksum/tracking-secret" in rendered.pod["metadata"]["annotations"]
+
+
+def test_admin_token_secret_when_the_admin_port_leaves_the_pod(rendered: Rendered) -> None:
+    values = rendered.merged
+    exposed = (
+        values["admin"]["service"]["enabled"] or values["metrics"]["serviceMonitor"]["enabled"]
+    )
+    admin_services = [
+        s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-admin")
+    ]
+    assert bool(admin_services) == exposed
+    if not exposed:
+        assert "MLFLOW_BLUEGREEN_ADMIN_TOKEN" not in rendered.env
+        return
+    ref = rendered.env["MLFLOW_BLUEGREEN_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
+    token = values["admin"]["token"]
+    if token["existingSecret"]:
+        assert ref == {"name": token["existingSecret"], "key": token["existingSecretKey"]}
+    else:
+        secret = rendered.one("Secret", ref["name"])
+        assert len(base64.b64decode(secret["data"][ref["key"]])) >= 32
+
+
+def test_services_route_to_the_named_ports(rendered: Rendered) -> None:
+    pod_labels = rendered.pod["metadata"]["labels"]
+    for service in rendered.of_kind("Service"):
+        selector = service["spec"]["selector"]
+        assert selector.items() <= pod_labels.items()
+        (port,) = service["spec"]["ports"]
+        admin = service["metadata"]["name"].endswith("-admin")
+        assert port["targetPort"] == ("admin" if admin else "http")
+        assert port["name"] == port["targetPort"]
+        assert rendered.resolve_port(port["targetPort"])
+    public = rendered.one("Service", rendered.deployment["metadata"]["name"])
+    assert public["spec"]["ports"][0]["port"] == rendered.merged["service"]["port"]
+
+
+def test_prometheus_scrapes_the_admin_port(rendered: Rendered) -> None:
+    annotations = rendered.pod["metadata"].get("annotations", {})
+    if rendered.merged["metrics"]["podAnnotations"]:
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert int(annotations["prometheus.io/port"]) == rendered.port("admin")
+        assert annotations["prometheus.io/path"] == "/metrics"
+    else:
+        assert "prometheus.io/scrape" not in annotations
+    for monitor in rendered.of_kind("ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == "admin"
+        assert endpoint["path"] == "/metrics"
+        selected = [
+            s
+            for s in rendered.of_kind("Service")
+            if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        ]
+        assert [s["metadata"]["name"] for s in selected] == [
+            rendered.deployment["metadata"]["name"] + "-admin"
+        ]
+        assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+        for label, value in rendered.merged["metrics"]["serviceMonitor"]["labels"].items():
+            assert monitor["metadata"]["labels"][label] == value
+
+
+def test_autoscaler_and_disruption_budget_target_the_deployment(rendered: Rendered) -> None:
+    deployment = rendered.deployment
+    name = deployment["metadata"]["name"]
+    pod_labels = rendered.pod["metadata"]["labels"]
+    for hpa in rendered.of_kind("HorizontalPodAutoscaler"):
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert "replicas" not in deployment["spec"]
+        metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+        if rendered.merged["autoscaling"]["inFlightRequestsPerPod"]:
+            pods = metrics["Pods"]["pods"]
+            assert pods["metric"]["name"] == "mlflow_bluegreen_in_flight_requests"
+    if not rendered.of_kind("HorizontalPodAutoscaler"):
+        assert deployment["spec"]["replicas"] == rendered.merged["replicaCount"]
+    for pdb in rendered.of_kind("PodDisruptionBudget"):
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    # A new pod is slow to be ready: a rollout never takes an old one away first.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_helm_test_pod_pings_the_service(rendered: Rendered) -> None:
+    pods = [
+        o
+        for o in rendered.of_kind("Pod")
+        if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+    ]
+    (pod,) = pods
+    (container,) = pod["spec"]["containers"]
+    url = container["args"][-1]
+    service = rendered.one("Service", rendered.deployment["metadata"]["name"])
+    port = service["spec"]["ports"][0]["port"]
+    assert url == f"http://{service['metadata']['name']}:{port}/ping"
+    assert container["command"] == ["wget"]
+
+
+def test_notes_render(rendered: Rendered) -> None:
+    notes = rendered.manifests["mlflow-bluegreen/templates/NOTES.txt"]
+    assert rendered.merged["model"]["uri"] in notes
+    assert "/ping" in notes
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"modle": {"uri": "models:/x@y"}},
+        {"model": {"envManager": "pip"}},
+        {"model": {"uri": ""}},
+        {"drainTimeout": -1},
+        {"ports": {"http": 0, "admin": 8081}},
+        {"logging": {"format": "xml"}},
+    ],
+    ids=json.dumps,
+)
+def test_schema_rejects_bad_values(chart: Chart, values: dict[str, Any]) -> None:
+    with pytest.raises(HelmValuesError):
+        chart.render(values, name=RELEASE)
+
+
+def test_chart_files_are_yaml_and_json() -> None:
+    for path in [CHART / "Chart.yaml", CHART / "values.yaml", *CI_VALUES]:
+        assert isinstance(yaml.safe_load(Path(path).read_text()), dict), path
+    json.loads((CHART / "values.schema.json").read_text())
