@@ -185,10 +185,10 @@ def serve(**options: Any) -> None:  # fmt: skip
         os.environ.setdefault(name, value)
     config = Config(**options, worker_env=worker_env)
     setup_logging(config.log_format, config.log_level, config.access_log)
-    sys.exit(_run(run_sidecar(config)))
+    sys.exit(run_with_uvloop(run_sidecar(config)))
 
 
-def _run(main_coro: Any) -> int:
+def run_with_uvloop(main_coro: Any) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none

@@ -1,0 +1,69 @@
+"""The public port alone, in front of a fixed upstream: to measure the proxy itself.
+
+    python -m mlflow_bluegreen.proxy.standalone --upstream http://127.0.0.1:9000 --port 8080
+
+Same forwarder, server settings and metrics as `mlflow-bluegreen serve`, but no worker
+processes, registry or swaps. Used by benchmarks/proxy_overhead.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from ..worker.inflight import InFlight
+from ..worker.process import connection_pool
+from ..worker.swap import Supervisor
+from .cli import run_with_uvloop
+from .forward import Forwarder
+from .metrics import Metrics
+from .sidecar import public_server
+
+
+class FixedUpstream:
+    """Looks like a worker to the forwarder: an address, its pools and an in-flight count."""
+
+    def __init__(self, base_url: str, version: str, timeout: float = 60.0) -> None:
+        self.slot = "fixed"
+        self.version = version
+        self.base_url = base_url.rstrip("/")
+        self.in_flight = InFlight()
+        self.session = connection_pool(timeout, 1000)
+        self.fresh_session = connection_pool(timeout, 1000, fresh=True)
+
+
+async def run(upstream: str, host: str, port: int, version: str) -> int:
+    supervisor = Supervisor(lambda slot, version: None)  # type: ignore[arg-type, return-value]
+    supervisor.active = FixedUpstream(upstream, version)  # type: ignore[assignment]
+    metrics = Metrics(CollectorRegistry(), in_flight=supervisor.in_flight)
+    runner = web.ServerRunner(
+        public_server(Forwarder(supervisor, metrics.observe_request)), shutdown_timeout=5
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"proxying http://{host}:{port} -> {upstream}", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, help="base URL, e.g. http://127.0.0.1:9000")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--version", default="0", help="value of X-Model-Version")
+    args = parser.parse_args()
+    raise SystemExit(run_with_uvloop(run(args.upstream, args.host, args.port, args.version)))
+
+
+if __name__ == "__main__":
+    main()
