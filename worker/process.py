@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,7 +140,7 @@ class WorkerProcess:
         self.pid: int | None = None
         self.returncode: int | None = None
         self.started_at: float | None = None
-        self.output: deque[str] = deque(maxlen=40)
+        self.output: deque[str] = deque(maxlen=200)
         self.session: aiohttp.ClientSession | None = None
         self.fresh_session: aiohttp.ClientSession | None = None
         self.base_url = ""
@@ -352,7 +353,23 @@ class WorkerProcess:
             transport.close()
 
     def _failure(self, step: str, reason: str) -> WorkerFailed:
-        return WorkerFailed(step, reason, list(self.output)[-15:])
+        lines = list(self.output)
+        cause = first_exception(lines)
+        if cause:
+            reason = f"{reason}: {cause}"
+        return WorkerFailed(step, reason, lines[-20:])
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b(: .+)?$")
+
+
+def first_exception(lines: list[str]) -> str | None:
+    """The first `SomeError: message` line of a worker's output: the root cause, which MLflow's
+    own wrapper traceback ("Command ... returned non zero return code") follows and hides."""
+    for line in lines:
+        if _EXCEPTION_LINE.match(line.strip()):
+            return line.strip()
+    return None
 
 
 def load_serving_example(model_uri: str) -> str | None:

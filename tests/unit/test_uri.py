@@ -57,3 +57,17 @@ def test_malformed_models_uris_say_what_is_expected(uri: str) -> None:
     with pytest.raises(BadModelUri) as caught:
         parse_model_uri(uri)
     assert "models:/" in str(caught.value) or "empty" in str(caught.value)
+
+
+def test_first_exception_line_is_the_root_cause_not_mlflows_wrapper() -> None:
+    from mlflow_bluegreen.worker.process import first_exception
+
+    output = [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "RuntimeError: this version cannot load: weights file missing",
+        "Traceback (most recent call last):",
+        "Exception: Command '['bash', '-c', 'exec uvicorn']' returned non zero return code.",
+    ]
+    assert first_exception(output) == "RuntimeError: this version cannot load: weights file missing"
+    assert first_exception(["INFO: started", "all good"]) is None
