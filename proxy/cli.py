@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import sys
 from collections.abc import Callable
@@ -58,6 +59,25 @@ def apply_adsp_http_options(options: dict[str, Any]) -> None:
         options["host"] = adsp["anaconda_project_address"]
     if adsp["anaconda_project_port"] is not None:
         options["port"] = adsp["anaconda_project_port"]
+
+
+def require_token_off_loopback(admin_host: str, admin_token: str | None) -> None:
+    """An admin port reachable from other hosts can trigger swaps: never without a token."""
+    if admin_token or is_loopback(admin_host):
+        return
+    raise click.UsageError(
+        f"--admin-host {admin_host} is reachable from other machines: set --admin-token "
+        "(or MLFLOW_BLUEGREEN_ADMIN_TOKEN) so that POST /reload and /webhook need it."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -151,6 +171,42 @@ def main() -> None:
     help="Seconds to let in-flight requests finish on a worker being replaced, and on shutdown.",
 )
 @option(
+    "--shutdown-delay",
+    env="shutdown_delay",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds to keep serving after SIGTERM with /ping answering 503, so a load balancer "
+    "(Kubernetes endpoints) stops sending traffic before the port closes.",
+)
+@option(
+    "--queue-timeout",
+    env="queue_timeout",
+    default=30.0,
+    type=click.FloatRange(min=0),
+    help="Seconds a request waits for a ready worker while the active one is restarted, "
+    "instead of failing at once.",
+)
+@option(
+    "--max-body-size",
+    env="max_body_size",
+    default=64 * 1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest request body in bytes; a larger one gets 413 and is not forwarded.",
+)
+@option(
+    "--admin-token",
+    env="admin_token",
+    default=None,
+    help="Bearer token required by POST /reload and POST /webhook. Required when "
+    "--admin-host is not a loopback address.",
+)
+@option(
+    "--webhook-secret",
+    env="webhook_secret",
+    default=None,
+    help="Secret of the MLflow registry webhook that posts to /webhook (HMAC-SHA256 check).",
+)
+@option(
     "--log-format",
     env="log_format",
     default="text",
@@ -177,6 +233,7 @@ def serve(**options: Any) -> None:  # fmt: skip
     from .sidecar import serve as run_sidecar
 
     apply_adsp_http_options(options)
+    require_token_off_loopback(options["admin_host"], options["admin_token"])
     worker_env = dict(os.environ)
     if options["tracking_uri"]:
         worker_env["MLFLOW_TRACKING_URI"] = options["tracking_uri"]

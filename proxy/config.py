@@ -21,6 +21,12 @@ class Config:
     poll_interval: float = 5.0
     startup_timeout: float = 600.0
     drain_timeout: float = 30.0
+    shutdown_delay: float = 0.0
+    queue_timeout: float = 30.0
+    max_body_size: int = 64 * 1024 * 1024
+    # Secrets stay out of repr, so a logged config is safe.
+    admin_token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
     log_format: str = "text"
     log_level: str = "INFO"
     access_log: bool = False

@@ -34,3 +34,19 @@ def upstream_failed(reason: str) -> web.Response:
         f"The model server failed: {reason}",
         **{"Retry-After": RETRY_AFTER_SECONDS},
     )
+
+
+def body_too_large(limit: int) -> web.Response:
+    return mlflow_error(
+        413, "RESOURCE_LIMIT_EXCEEDED", f"The request body is larger than {limit} bytes."
+    )
+
+
+def body_timeout() -> web.Response:
+    return mlflow_error(408, "BAD_REQUEST", "The request body did not arrive in time.")
+
+
+def shutting_down() -> web.Response:
+    return mlflow_error(
+        503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **{"Retry-After": RETRY_AFTER_SECONDS}
+    )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -41,7 +42,9 @@ _NOT_FORWARDED = HOP_BY_HOP | {hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.EXPECT}
 # client_body_buffer_size). Larger bodies stream through and are not retried.
 REPLAYABLE_BODY = 1 << 20
 
-_RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# The connection closed before any response byte: the worker never handled the request.
+_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_HEALTH_PATHS = frozenset({"/ping", "/health"})
 
 RequestObserver = Callable[[str, int, float], None]
 """(method, status, seconds) for every request answered."""
@@ -64,64 +67,183 @@ def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k not in HOP_BY_HOP and k not in extra)
 
 
-class Forwarder:
-    """The request handler of the public port."""
+class _BodyTooLarge(Exception):
+    pass
 
-    def __init__(self, supervisor: Supervisor, observe: RequestObserver | None = None) -> None:
+
+class _WorkerGone(Exception):
+    """Nothing listens on the worker's port: it died and its exit is not yet noticed."""
+
+
+class StreamedBody:
+    """A request body too large to hold, passed on as it arrives; `limit` bounds it and
+    `idle_timeout` bounds each wait for the next piece, so a slow client cannot hold a worker's
+    connection open for ever."""
+
+    def __init__(
+        self, prefix: bytes, stream: aiohttp.StreamReader, limit: int, idle_timeout: float
+    ) -> None:
+        self._prefix = prefix
+        self._stream = stream
+        self._limit = limit
+        self._idle_timeout = idle_timeout
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = len(self._prefix)
+        if self._prefix:
+            yield self._prefix
+        while True:
+            async with asyncio.timeout(self._idle_timeout):
+                chunk = await self._stream.readany()
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > self._limit:
+                self.exceeded = True
+                raise _BodyTooLarge
+            yield chunk
+
+
+class Forwarder:
+    """The request handler of the public port.
+
+    A request's body is read (or its streaming started) before a worker is chosen, so a slow
+    client never counts as in flight on a worker and cannot delay a swap's drain.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        observe: RequestObserver | None = None,
+        *,
+        queue_timeout: float = 30.0,
+        max_body_size: int = 64 * 1024 * 1024,
+        body_timeout: float = 60.0,
+    ) -> None:
         self._supervisor = supervisor
         self._observe = observe or (lambda _m, _s, _t: None)
+        self._queue_timeout = queue_timeout
+        self._max_body_size = max_body_size
+        self._body_timeout = body_timeout
+        # Set on SIGTERM: /ping and /health say 503 so load balancers stop sending, and every
+        # response closes its connection so clients reconnect to another replica.
+        self.closing = False
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        status = 499  # nginx's code for a client that went away before the answer
+        try:
+            response = await self._handle(request)
+            status = response.status
+            if self.closing and not response.prepared:
+                response.force_close()
+            return response
+        finally:
+            self._observe(request.method, status, time.perf_counter() - started)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.closing and request.path in _HEALTH_PATHS:
+            return errors.shutting_down()
+        length = request.content_length
+        if length is not None and length > self._max_body_size:
+            return errors.body_too_large(self._max_body_size)
+        headers = request_headers(request.headers)
+        try:
+            data = await self._body(request, headers)
+        except TimeoutError:
+            return errors.body_timeout()
+        except _BodyTooLarge:
+            return errors.body_too_large(self._max_body_size)
         worker = self._supervisor.active
         if worker is None:
-            response: web.StreamResponse = errors.not_ready()
-        else:
-            # Counted before the first await: a swap that switches away from this worker now
-            # will wait for this request before stopping it.
-            worker.in_flight.enter()
+            worker = await self._wait_for_worker(request, gone=None)
+            if worker is None:
+                return errors.not_ready()
+        while True:
             try:
-                response = await self._forward(request, worker)
-            finally:
-                worker.in_flight.leave()
-        self._observe(request.method, response.status, time.perf_counter() - started)
-        return response
+                return await self._forward(request, worker, headers, data)
+            except _WorkerGone as error:
+                # The request never reached a worker: hold it for the restarted one.
+                if isinstance(data, StreamedBody):
+                    return errors.upstream_failed(str(error))
+                replacement = await self._wait_for_worker(request, gone=worker)
+                if replacement is None:
+                    return errors.upstream_failed(str(error))
+                worker = replacement
+            except _BodyTooLarge:
+                return errors.body_too_large(self._max_body_size)
 
-    async def _forward(self, request: web.BaseRequest, worker: Worker) -> web.StreamResponse:
-        headers = request_headers(request.headers)
-        data: bytes | aiohttp.StreamReader | None = None
-        if request.body_exists:
-            length = request.content_length
+    async def _body(
+        self, request: web.BaseRequest, headers: CIMultiDict[str]
+    ) -> bytes | StreamedBody | None:
+        if not request.body_exists:
+            return None
+        length = request.content_length
+        async with asyncio.timeout(self._body_timeout):
             if length is not None and length <= REPLAYABLE_BODY:
-                data = await request.read()
-            else:
-                data = request.content
-                if length is not None:
-                    headers[hdrs.CONTENT_LENGTH] = str(length)
+                return await request.read()
+            # Unknown or large: hold up to the replay size, stream the rest.
+            prefix = bytearray()
+            while len(prefix) <= REPLAYABLE_BODY:
+                chunk = await request.content.readany()
+                if not chunk:
+                    if len(prefix) > self._max_body_size:
+                        raise _BodyTooLarge
+                    return bytes(prefix)
+                prefix += chunk
+        if length is not None:
+            headers[hdrs.CONTENT_LENGTH] = str(length)
+        return StreamedBody(bytes(prefix), request.content, self._max_body_size, self._body_timeout)
+
+    async def _wait_for_worker(
+        self, request: web.BaseRequest, gone: Worker | None
+    ) -> Worker | None:
+        """Hold a request while the active worker restarts; never before the first worker was
+        ready (a sidecar still starting says so at once) and never for health checks."""
+        if request.path in _HEALTH_PATHS or not self._supervisor.served:
+            return None
+        return await self._supervisor.wait_for_worker(self._queue_timeout, exclude=gone)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        worker: Worker,
+        headers: CIMultiDict[str],
+        data: bytes | StreamedBody | None,
+    ) -> web.StreamResponse:
         url = URL(worker.base_url + request.raw_path, encoded=True)
         sessions = (worker.session, worker.fresh_session)
         assert sessions[0] is not None and sessions[1] is not None
-        for attempt, session in enumerate(sessions):
-            try:
-                upstream = await session.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False
-                )
-            except _RETRYABLE as error:
-                # Closed before any response byte: the worker never handled it. Once more, on a
-                # connection of its own, if we still hold the whole body.
-                if attempt == 0 and not isinstance(data, aiohttp.StreamReader):
-                    log.debug("retrying %s %s after %r", request.method, request.path, error)
-                    continue
-                return errors.upstream_failed(repr(error))
-            except aiohttp.ClientConnectorError as error:
-                return errors.upstream_failed(f"cannot connect: {error.os_error}")
-            except (TimeoutError, aiohttp.ServerTimeoutError):
-                return errors.upstream_timeout()
-            try:
-                return await self._relay(request, upstream, worker.version)
-            finally:
-                upstream.release()
-        raise AssertionError("unreachable")
+        # Counted before the first await: a swap that switches away from this worker now will
+        # wait for this request before stopping it.
+        worker.in_flight.enter()
+        try:
+            for attempt, session in enumerate(sessions):
+                try:
+                    upstream = await session.request(
+                        request.method, url, headers=headers, data=data, allow_redirects=False
+                    )
+                except aiohttp.ClientConnectorError as error:
+                    raise _WorkerGone(f"cannot connect: {error.os_error}") from error
+                except _STALE_CONNECTION as error:
+                    if isinstance(data, StreamedBody):
+                        if data.exceeded:
+                            raise _BodyTooLarge from error
+                        return errors.upstream_failed(repr(error))
+                    if attempt == 0:  # once more, on a connection of its own
+                        log.debug("retrying %s %s after %r", request.method, request.path, error)
+                        continue
+                    return errors.upstream_failed(repr(error))
+                except (TimeoutError, aiohttp.ServerTimeoutError):
+                    return errors.upstream_timeout()
+                try:
+                    return await self._relay(request, upstream, worker.version)
+                finally:
+                    upstream.release()
+            raise AssertionError("unreachable")
+        finally:
+            worker.in_flight.leave()
 
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, version: str
@@ -129,6 +251,8 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(response_headers(upstream.headers))
         response.headers[VERSION_HEADER] = version
+        if self.closing:
+            response.force_close()
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():

@@ -76,6 +76,9 @@ def public_server(forwarder: Forwarder, *, access_log: bool = False) -> web.Serv
     """The low-level server of the public port: no router or middleware on the hot path."""
     return web.Server(
         forwarder,
+        # A client that goes away cancels its request, and so its upstream request: a worker
+        # does not keep computing answers nobody will read.
+        handler_cancellation=True,
         auto_decompress=False,  # forward compressed bodies as they came
         access_log=logging.getLogger("aiohttp.access") if access_log else None,
     )
@@ -98,7 +101,13 @@ async def serve(config: Config) -> int:
     become_subreaper()
     loop = asyncio.get_running_loop()
 
-    forwarder = Forwarder(sidecar.supervisor, sidecar.metrics.observe_request)
+    forwarder = Forwarder(
+        sidecar.supervisor,
+        sidecar.metrics.observe_request,
+        queue_timeout=config.queue_timeout,
+        max_body_size=config.max_body_size,
+        body_timeout=float(config.timeout),
+    )
     public = web.ServerRunner(
         public_server(forwarder, access_log=config.access_log),
         shutdown_timeout=config.drain_timeout,
@@ -159,8 +168,12 @@ async def serve(config: Config) -> int:
     for task in crashed:
         log.error("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
 
-    log.info("shutting down: no new connections, finishing in-flight requests")
     began = time.monotonic()
+    forwarder.closing = True
+    if config.shutdown_delay and not crashed:
+        log.info("shutting down: /ping answers 503, still serving for %g s", config.shutdown_delay)
+        await asyncio.sleep(config.shutdown_delay)
+    log.info("shutting down: no new connections, finishing in-flight requests")
     await public.cleanup()  # stop accepting, wait for handlers (up to the drain timeout)
     for task in (*tasks, waiter):
         task.cancel()

@@ -127,6 +127,8 @@ class Supervisor:
         self.observer: SwapObserver = observer or _NoObserver()
         self.active: Worker | None = None
         self.active_since: float | None = None
+        self.served = False  # a worker has been active at least once
+        self._switched = asyncio.Event()  # pulsed on every change of `active`
         self.wanted: str | None = None
         self.current: SwapRecord | None = None
         self.history: deque[SwapRecord] = deque(maxlen=history_size)
@@ -158,6 +160,22 @@ class Supervisor:
     @property
     def ready(self) -> bool:
         return self.active is not None
+
+    def _set_active(self, worker: Worker | None) -> None:
+        self.active = worker
+        self.active_since = time.time() if worker is not None else None
+        self.served = self.served or worker is not None
+        self._switched.set()
+        self._switched = asyncio.Event()
+
+    async def wait_for_worker(self, timeout: float, exclude: Worker | None = None) -> Worker | None:
+        """The active worker once there is one other than `exclude`; None after `timeout`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.active is None or self.active is exclude:
+                    await self._switched.wait()
+        active = self.active
+        return active if active is not None and active is not exclude else None
 
     def in_flight(self) -> int:
         workers = {self.active, self._starting, *self._retiring} - {None}
@@ -235,8 +253,7 @@ class Supervisor:
         self._starting = None
 
         step = time.monotonic()
-        self.active = worker  # the switch: from here on new requests go to `worker`
-        self.active_since = time.time()
+        self._set_active(worker)  # the switch: from here on new requests go to `worker`
         self._last_slot = slot
         self._next_cause = "registry moved"
         self._failures.pop(version, None)
@@ -346,8 +363,7 @@ class Supervisor:
                 worker.version,
                 code,
             )
-            self.active = None
-            self.active_since = None
+            self._set_active(None)
             self._next_cause = "restart after exit"
             self.observer.active_changed(None)
             self.observer.worker_up(worker.slot, False)
@@ -365,7 +381,7 @@ class Supervisor:
         for task in list(self._watchers):
             task.cancel()
         workers = [w for w in (self.active, self._starting, *self._retiring) if w is not None]
-        self.active = None
+        self._set_active(None)
         self.observer.active_changed(None)
         await asyncio.gather(*(w.stop(self.stop_grace) for w in workers), return_exceptions=True)
         for worker in workers:

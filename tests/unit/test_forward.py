@@ -21,6 +21,7 @@ from mlflow_bluegreen.worker.inflight import InFlight
 from mlflow_bluegreen.worker.process import connection_pool
 from mlflow_bluegreen.worker.swap import Supervisor
 
+HITS = web.AppKey("hits", list)
 BIG = 3 * 1024 * 1024 + 17  # over the replay limit: streamed, not read whole
 
 
@@ -63,6 +64,7 @@ async def echo(request: web.Request) -> web.StreamResponse:
             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
         )
     body = await request.read()
+    request.app[HITS].append(request.path)
     return web.json_response(
         {
             "method": request.method,
@@ -78,6 +80,7 @@ async def echo(request: web.Request) -> web.StreamResponse:
 @pytest.fixture
 async def echo_upstream() -> AsyncIterator[TestServer]:
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[HITS] = []
     app.router.add_route("*", "/{tail:.*}", echo)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(auto_decompress=False)
@@ -88,8 +91,15 @@ async def echo_upstream() -> AsyncIterator[TestServer]:
 class Proxy:
     """The public port exactly as the sidecar builds it, in front of `upstream`."""
 
-    def __init__(self, runner: web.ServerRunner, supervisor: Supervisor, seen: list[Any]) -> None:
+    def __init__(
+        self,
+        runner: web.ServerRunner,
+        supervisor: Supervisor,
+        forwarder: Forwarder,
+        seen: list[Any],
+    ) -> None:
         self.runner = runner
+        self.forwarder = forwarder
         self.supervisor = supervisor
         self.seen = seen
         self.port = runner.addresses[0][1]
@@ -115,16 +125,17 @@ class Proxy:
 async def make_proxy() -> AsyncIterator[Callable[[Upstream | None], Awaitable[Proxy]]]:
     created: list[tuple[web.ServerRunner, Upstream | None]] = []
 
-    async def make(upstream: Upstream | None) -> Proxy:
+    async def make(upstream: Upstream | None, **options: Any) -> Proxy:
         supervisor = Supervisor(lambda slot, version: None)  # type: ignore[arg-type, return-value]
-        supervisor.active = upstream  # type: ignore[assignment]
+        if upstream is not None:
+            supervisor._set_active(upstream)  # type: ignore[arg-type]
         seen: list[Any] = []
-        forwarder = Forwarder(supervisor, lambda *args: seen.append(args))
+        forwarder = Forwarder(supervisor, lambda *args: seen.append(args), **options)
         runner = web.ServerRunner(public_server(forwarder), shutdown_timeout=1)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         created.append((runner, upstream))
-        return Proxy(runner, supervisor, seen)
+        return Proxy(runner, supervisor, forwarder, seen)
 
     yield make
     for runner, upstream in created:
@@ -308,7 +319,8 @@ async def test_upstream_down_is_502_in_mlflow_shape(make_proxy: Any) -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    # After the queue timeout: nothing replaced the dead worker.
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"), queue_timeout=0.2)
     async with (
         aiohttp.ClientSession() as client,
         client.post(proxy.url + "/invocations", data=b"{}") as response,
@@ -358,5 +370,142 @@ async def test_client_that_disconnects_mid_request_leaves_nothing_in_flight(
     await writer.drain()
     await asyncio.sleep(0.1)
     writer.close()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.1)  # well before the upstream would answer (0.3 s)
     assert upstream.in_flight.count == 0
+
+
+def hits(upstream: TestServer) -> list[str]:
+    return upstream.app[HITS]  # type: ignore[union-attr]
+
+
+async def test_oversized_body_is_413_and_never_forwarded(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"), max_body_size=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 600
+
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.url + "/invocations", data=b"x" * 1001) as response:
+            assert response.status == 413
+            assert (await response.json())["error_code"] == "RESOURCE_LIMIT_EXCEEDED"
+        async with client.post(proxy.url + "/invocations", data=chunks()) as response:
+            assert response.status == 413
+        async with client.post(proxy.url + "/invocations", data=b"x" * 1000) as response:
+            assert response.status == 200
+    assert hits(echo_upstream) == ["/invocations"]  # only the one within the limit
+
+
+async def test_a_body_that_does_not_arrive_is_408_and_never_reaches_a_worker(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}")
+    proxy = await make_proxy(upstream, body_timeout=0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n123")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    assert upstream.in_flight.count == 0  # a slow client does not count on the worker
+    answer = await asyncio.wait_for(reader.read(200), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert hits(echo_upstream) == []
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # Content-Length and Transfer-Encoding together: a request smuggling vector.
+        b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        # Obsolete line folding.
+        b"GET /ping HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n  two\r\n\r\n",
+        # Two different Content-Lengths.
+        b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+        b"Content-Length: 2\r\n\r\nab",
+        b"GARBAGE\r\n\r\n",
+    ],
+)
+async def test_malformed_http_is_rejected_by_the_parser_and_never_forwarded(
+    echo_upstream: TestServer, make_proxy: Any, request_bytes: bytes
+) -> None:
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"))
+    status, _headers, _body = await proxy.raw(request_bytes)
+    assert status == 400
+    assert hits(echo_upstream) == []
+
+
+async def test_while_closing_health_says_503_and_responses_close_their_connection(
+    proxy: Proxy,
+) -> None:
+    proxy.forwarder.closing = True
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy.url + "/ping") as response:
+            assert response.status == 503
+        async with client.post(proxy.url + "/invocations", data=b"{}") as response:
+            assert response.status == 200
+            assert response.headers["Connection"] == "close"
+
+
+async def test_requests_are_held_while_the_worker_restarts(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}")
+    proxy = await make_proxy(upstream, queue_timeout=5)
+    proxy.supervisor._set_active(None)  # the active worker died; its replacement is starting
+    async with aiohttp.ClientSession() as client:
+        request = asyncio.create_task(client.post(proxy.url + "/invocations", data=b"{}"))
+        await asyncio.sleep(0.2)
+        assert not request.done()
+        async with client.get(proxy.url + "/ping") as ping:
+            assert ping.status == 503  # health checks say the truth at once
+        proxy.supervisor._set_active(upstream)  # type: ignore[arg-type]
+        response = await request
+        assert response.status == 200
+        response.release()
+
+
+async def test_held_requests_give_up_after_the_queue_timeout(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"), queue_timeout=0.2)
+    proxy.supervisor._set_active(None)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=b"{}") as response,
+    ):
+        assert response.status == 503
+        assert response.headers["Retry-After"]
+
+
+async def test_a_request_to_a_dead_worker_waits_for_its_replacement(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    dead_port = socket_port_nobody_listens_on()
+    dead = Upstream(f"http://127.0.0.1:{dead_port}")
+    proxy = await make_proxy(dead, queue_timeout=5)
+    live = Upstream(f"http://127.0.0.1:{echo_upstream.port}", version="8")
+
+    async def replace_soon() -> None:
+        await asyncio.sleep(0.2)
+        proxy.supervisor._set_active(live)  # type: ignore[arg-type]
+
+    replacing = asyncio.create_task(replace_soon())
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=b"{}") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Model-Version"] == "8"
+    await replacing
+    await live.close()
+
+
+def socket_port_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
