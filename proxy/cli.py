@@ -194,6 +194,14 @@ def main() -> None:
     help="Largest request body in bytes; a larger one gets 413 and is not forwarded.",
 )
 @option(
+    "--keepalive-timeout",
+    env="keepalive_timeout",
+    default=75.0,
+    type=click.FloatRange(min=1),
+    help="Seconds a client connection may stay idle, or take to send a request's headers, "
+    "before it is closed.",
+)
+@option(
     "--admin-token",
     env="admin_token",
     default=None,

@@ -24,6 +24,7 @@ class Config:
     shutdown_delay: float = 0.0
     queue_timeout: float = 30.0
     max_body_size: int = 64 * 1024 * 1024
+    keepalive_timeout: float = 75.0
     # Secrets stay out of repr, so a logged config is safe.
     admin_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)

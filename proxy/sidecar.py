@@ -72,10 +72,17 @@ class Sidecar:
         }
 
 
-def public_server(forwarder: Forwarder, *, access_log: bool = False) -> web.Server:
+def public_server(
+    forwarder: Forwarder, *, access_log: bool = False, keepalive_timeout: float = 75.0
+) -> web.Server:
     """The low-level server of the public port: no router or middleware on the hot path."""
     return web.Server(
         forwarder,
+        # aiohttp has no separate header timeout: its keep-alive timer runs from the moment a
+        # connection opens until a request's headers are complete, so it also closes a client
+        # that trickles its headers (slowloris). Such a client never reaches a worker: one is
+        # chosen only once the body is in.
+        keepalive_timeout=keepalive_timeout,
         # A client that goes away cancels its request, and so its upstream request: a worker
         # does not keep computing answers nobody will read.
         handler_cancellation=True,
@@ -109,7 +116,9 @@ async def serve(config: Config) -> int:
         body_timeout=float(config.timeout),
     )
     public = web.ServerRunner(
-        public_server(forwarder, access_log=config.access_log),
+        public_server(
+            forwarder, access_log=config.access_log, keepalive_timeout=config.keepalive_timeout
+        ),
         shutdown_timeout=config.drain_timeout,
     )
     admin = web.AppRunner(build_admin_app(sidecar), access_log=None)

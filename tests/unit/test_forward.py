@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -125,13 +126,17 @@ class Proxy:
 async def make_proxy() -> AsyncIterator[Callable[[Upstream | None], Awaitable[Proxy]]]:
     created: list[tuple[web.ServerRunner, Upstream | None]] = []
 
-    async def make(upstream: Upstream | None, **options: Any) -> Proxy:
+    async def make(
+        upstream: Upstream | None, keepalive_timeout: float = 75.0, **options: Any
+    ) -> Proxy:
         supervisor = Supervisor(lambda slot, version: None)  # type: ignore[arg-type, return-value]
         if upstream is not None:
             supervisor._set_active(upstream)  # type: ignore[arg-type]
         seen: list[Any] = []
         forwarder = Forwarder(supervisor, lambda *args: seen.append(args), **options)
-        runner = web.ServerRunner(public_server(forwarder), shutdown_timeout=1)
+        runner = web.ServerRunner(
+            public_server(forwarder, keepalive_timeout=keepalive_timeout), shutdown_timeout=1
+        )
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         created.append((runner, upstream))
@@ -435,6 +440,34 @@ async def test_malformed_http_is_rejected_by_the_parser_and_never_forwarded(
     status, _headers, _body = await proxy.raw(request_bytes)
     assert status == 400
     assert hits(echo_upstream) == []
+
+
+async def test_a_client_that_trickles_its_headers_is_cut_off_and_never_forwarded(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}")
+    proxy = await make_proxy(upstream, keepalive_timeout=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"POST /invocations HTTP/1.1\r\nHost: a\r\n")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    closed_after = None
+    for index in range(40):  # a header byte every 0.1 s: 4 s if nobody stops it
+        writer.write(b"X-Slow-%d: 1\r\n" % index)
+        await asyncio.sleep(0.1)
+        if reader.at_eof() or writer.is_closing():
+            closed_after = loop.time() - began
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.001):
+                if await reader.read(1) == b"":
+                    closed_after = loop.time() - began
+                    break
+    writer.close()
+    assert closed_after is not None, "the server kept a trickling client for 4 s"
+    assert closed_after < 2.0
+    assert hits(echo_upstream) == []
+    assert upstream.in_flight.count == 0
 
 
 async def test_while_closing_health_says_503_and_responses_close_their_connection(
