@@ -32,9 +32,11 @@ class SidecarProcess:
         extra_args: tuple[str, ...] = (),
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        port: int | None = None,
+        admin_port: int | None = None,
     ) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port = port or free_port()
+        self.admin_port = admin_port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sidecar-", suffix=".log")[1])

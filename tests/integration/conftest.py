@@ -54,13 +54,15 @@ def start_sidecar(
 ) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
 
-    def start(model_uri: str, *args: str, env: dict[str, str] | None = None) -> SidecarProcess:
+    def start(
+        model_uri: str, *args: str, tracking_uri: str | None = None, **options: object
+    ) -> SidecarProcess:
         sidecar = SidecarProcess(
             model_uri,
-            tracking_uri=registry.uri,
+            tracking_uri=tracking_uri or registry.uri,
             extra_args=args,
             log_path=tmp_path / f"sidecar-{len(started)}.log",
-            env=env,
+            **options,  # type: ignore[arg-type]
         )
         started.append(sidecar)
         return sidecar
