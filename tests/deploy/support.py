@@ -14,23 +14,17 @@ import click
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from mlflow_bluegreen.proxy import logs as logs_module
+from mlflow_bluegreen.proxy import sidecar as sidecar_module
 from mlflow_bluegreen.proxy.cli import ENV_PREFIX, apply_adsp_http_options, main
+from mlflow_bluegreen.proxy.config import Config
 from mlflow_bluegreen.proxy.metrics import Metrics
+from mlflow_bluegreen.worker.registry import CLIENT_ENV_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CHART = DEPLOY / "helm" / "mlflow-bluegreen"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
-
-# Environment variables our deploy files set that `mlflow-bluegreen serve` does not read yet.
-# Each is added by an issue still open; once the CLI knows the variable, the tests hand it to
-# the real parser like every other one, and its entry here can go.
-NOT_YET_IN_CLI = {
-    # Added by the shutdown-delay issue (`--shutdown-delay`).
-    "MLFLOW_BLUEGREEN_SHUTDOWN_DELAY",
-    # Added by the admin-token issue.
-    "MLFLOW_BLUEGREEN_ADMIN_TOKEN",
-}
 
 SERVE: click.Command = main.commands["serve"]
 
@@ -45,11 +39,6 @@ def cli_env_vars() -> set[str]:
         elif envvar:
             names.update(envvar)
     return names
-
-
-def pending_env_vars() -> set[str]:
-    """The allow-listed variables the CLI still does not read."""
-    return NOT_YET_IN_CLI - cli_env_vars()
 
 
 def parse_serve(
@@ -67,6 +56,44 @@ def parse_serve(
         options = dict(ctx.params)
     apply_adsp_http_options(options)
     return options
+
+
+def start_serve(
+    monkeypatch: pytest.MonkeyPatch, args: Iterable[str] = (), env: Mapping[str, str] = {}
+) -> Config:
+    """Run the real `mlflow-bluegreen serve ARGS` under ENV up to the moment it would start the
+    sidecar, and return the Config it would start it with. Everything `serve` checks after
+    parsing (the admin token off loopback, the Config it builds) runs unchanged: only the
+    sidecar itself and the log setup are replaced. Raises click.UsageError (or whatever else
+    the command raises) where the real process would exit with an error instead of serving."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # `serve` writes these into the process environment for MLflow; the test process must get
+    # its own values back afterwards. setenv-then-delenv makes monkeypatch remember "unset".
+    for name in ("MLFLOW_TRACKING_URI", *CLIENT_ENV_DEFAULTS):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.setenv(name, "")
+            monkeypatch.delenv(name)
+
+    started: list[Config] = []
+
+    async def no_sidecar(config: Config) -> int:
+        started.append(config)
+        return 0
+
+    monkeypatch.setattr(sidecar_module, "serve", no_sidecar)
+    # The real one replaces the root logger's handlers, which pytest's capture relies on.
+    monkeypatch.setattr(logs_module, "setup_logging", lambda *_args, **_kwargs: None)
+    with pytest.raises(SystemExit) as exited:
+        main.main(["serve", *args], prog_name="mlflow-bluegreen", standalone_mode=False)
+    assert exited.value.code == 0
+    (config,) = started
+    return config
 
 
 def dockerfile_instructions(

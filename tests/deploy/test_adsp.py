@@ -11,7 +11,7 @@ import yaml
 
 from mlflow_bluegreen.proxy.cli import ENV_PREFIX
 
-from .support import DEPLOY, cli_env_vars, parse_serve
+from .support import DEPLOY, cli_env_vars, parse_serve, start_serve
 
 PROJECT = DEPLOY / "adsp" / "anaconda-project.yml"
 
@@ -84,6 +84,19 @@ def test_command_runs_without_the_platform_options(
     # `anaconda-project run serve` on a laptop passes none of them.
     options = parse_serve(monkeypatch, _serve_args(project), _variables_env(project))
     assert (options["host"], options["port"]) == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize("platform", [True, False], ids=["deployed", "local-run"])
+def test_the_sidecar_starts_as_the_platform_runs_it(
+    project: dict[str, Any], monkeypatch: pytest.MonkeyPatch, platform: bool
+) -> None:
+    # The real `serve` command with every check it makes before starting the sidecar: with the
+    # admin port on loopback it needs no token, which the project does not provide.
+    args = [*_serve_args(project), *(HTTP_OPTIONS if platform else [])]
+    config = start_serve(monkeypatch, args, _variables_env(project))
+    assert config.admin_host == "127.0.0.1"
+    assert config.admin_token is None
+    assert config.model_uri == "models:/iris@champion"
 
 
 def test_variables_are_ones_the_sidecar_or_mlflow_reads(project: dict[str, Any]) -> None:

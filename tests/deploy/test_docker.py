@@ -9,9 +9,10 @@ import subprocess
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import click
 import pytest
 
-from mlflow_bluegreen.proxy.cli import ENV_PREFIX
+from mlflow_bluegreen.proxy.cli import ENV_PREFIX, is_loopback
 
 from .support import (
     DOCKERFILE,
@@ -20,7 +21,7 @@ from .support import (
     dockerfile_env,
     dockerfile_instructions,
     executable,
-    parse_serve,
+    start_serve,
 )
 
 
@@ -62,17 +63,23 @@ def test_entrypoint_is_our_serve_command() -> None:
     assert scripts["mlflow-bluegreen"] == "mlflow_bluegreen.proxy.cli:main"
 
 
-def test_image_env_is_accepted_by_the_real_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = dockerfile_env()
-    ours = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+def image_env(**run_env: str) -> dict[str, str]:
+    """The image's MLFLOW_BLUEGREEN_* ENV plus what `docker run -e` adds. The image names no
+    model: docker run always gives MLFLOW_BLUEGREEN_MODEL_URI."""
+    ours = {k: v for k, v in dockerfile_env().items() if k.startswith(ENV_PREFIX)}
     assert set(ours) <= cli_env_vars()
-    # The image names no model: docker run gives MLFLOW_BLUEGREEN_MODEL_URI.
     assert "MLFLOW_BLUEGREEN_MODEL_URI" not in ours
-    options = parse_serve(
-        monkeypatch, [], {**ours, "MLFLOW_BLUEGREEN_MODEL_URI": "models:/iris@champion"}
-    )
-    assert options["host"] == "0.0.0.0"
-    assert options["admin_host"] == "0.0.0.0"
+    return {**ours, "MLFLOW_BLUEGREEN_MODEL_URI": "models:/iris@champion", **run_env}
+
+
+def test_the_sidecar_starts_with_the_image_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real `serve` command with every check it makes before starting: `docker run` with
+    # only a model URI must not exit with a usage error.
+    config = start_serve(monkeypatch, [], image_env())
+    assert config.host == "0.0.0.0"
+    # Without a token in the image, the admin port stays inside the container.
+    assert is_loopback(config.admin_host)
+    assert config.admin_token is None
 
     exposed = {
         int(port)
@@ -80,7 +87,20 @@ def test_image_env_is_accepted_by_the_real_cli(monkeypatch: pytest.MonkeyPatch) 
         if instruction == "EXPOSE"
         for port in rest.split()
     }
-    assert exposed == {options["port"], options["admin_port"]} == {8080, 8081}
+    assert exposed == {config.port, config.admin_port} == {8080, 8081}
+
+
+def test_the_admin_port_is_published_with_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What deploy/README.md tells you to add to reach the admin port from outside.
+    config = start_serve(
+        monkeypatch,
+        [],
+        image_env(MLFLOW_BLUEGREEN_ADMIN_HOST="0.0.0.0", MLFLOW_BLUEGREEN_ADMIN_TOKEN="s3cret"),
+    )
+    assert (config.admin_host, config.admin_token) == ("0.0.0.0", "s3cret")
+    # ...and the token is what makes that start: the CLI refuses the address without one.
+    with pytest.raises(click.UsageError, match="--admin-token"):
+        start_serve(monkeypatch, [], image_env(MLFLOW_BLUEGREEN_ADMIN_HOST="0.0.0.0"))
 
 
 def test_healthcheck_pings_the_public_port() -> None:

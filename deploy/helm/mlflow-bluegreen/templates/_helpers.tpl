@@ -82,8 +82,8 @@ creates it.
 {{- end }}
 
 {{/*
-"true" when the admin port is reachable from outside the pod through a Service: then it gets
-a token.
+"true" when a Service puts the admin port in front of clients other than the kubelet and
+Prometheus.
 */}}
 {{- define "mlflow-bluegreen.adminExposed" -}}
 {{- if or .Values.admin.service.enabled .Values.metrics.serviceMonitor.enabled }}
@@ -91,6 +91,10 @@ a token.
 {{- end }}
 {{- end }}
 
+{{/*
+The admin token's Secret: always there, because the admin port listens on the pod IP (for the
+liveness probe and Prometheus) and the sidecar refuses to start there without a token.
+*/}}
 {{- define "mlflow-bluegreen.adminSecretName" -}}
 {{- if .Values.admin.token.existingSecret }}
 {{- .Values.admin.token.existingSecret }}
@@ -104,6 +108,25 @@ a token.
 {{- .Values.admin.token.existingSecretKey }}
 {{- else }}
 {{- "token" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the webhook secret ("" when webhooks are not set up).
+*/}}
+{{- define "mlflow-bluegreen.webhookSecretName" -}}
+{{- if .Values.webhook.secret.existingSecret }}
+{{- .Values.webhook.secret.existingSecret }}
+{{- else if .Values.webhook.secret.value }}
+{{- printf "%s-webhook" (include "mlflow-bluegreen.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "mlflow-bluegreen.webhookSecretKey" -}}
+{{- if .Values.webhook.secret.existingSecret }}
+{{- .Values.webhook.secret.existingSecretKey }}
+{{- else }}
+{{- "secret" }}
 {{- end }}
 {{- end }}
 
