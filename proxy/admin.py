@@ -1,13 +1,13 @@
 """The admin port: status, metrics, reload, liveness, registry webhooks. Never on the public port.
 
-Authentication, when `--admin-token` is set: every request that can change something (any
-method but GET/HEAD/OPTIONS: today `POST /reload`) needs `Authorization: Bearer <token>`, and
-gets 401 without it. Reads (`/status`, `/metrics`, `/livez`) stay open, so probes and
-Prometheus need no credentials. `POST /webhook` is the one exception to the bearer rule: MLflow
-cannot send a bearer token, so a webhook authenticates with its HMAC signature
+Authentication, when `--admin-token` is set: every request that can change something (any method
+but GET/HEAD/OPTIONS: `POST /reload`, `/rollback`, `/resume`) needs `Authorization: Bearer
+<token>`, and gets 401 without it. Reads (`/status`, `/metrics`, `/livez`) stay open, so probes
+and Prometheus need no credentials. `POST /webhook` is the one exception to the bearer rule:
+MLflow cannot send a bearer token, so a webhook authenticates with its HMAC signature
 (`--webhook-secret`; see proxy/webhook.py), and without a valid one it is refused whether or not
-a token is set. Without `--admin-token` nothing asks for a bearer token (the CLI allows that
-only on a loopback address).
+a token is set. Without `--admin-token` nothing asks for a bearer token (the CLI allows that only
+on a loopback address).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from ..worker.swap import NoRollback
 from .errors import mlflow_error
 from .webhook import MAX_BODY_BYTES, WebhookReceiver
 
@@ -108,6 +109,29 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if resolved else 503)
 
 
+async def rollback(request: web.Request) -> web.Response:
+    """Switch to the lingering version now and stay there until POST /resume."""
+    supervisor = request.app[SIDECAR].supervisor
+    try:
+        worker = await supervisor.rollback()
+    except NoRollback as error:
+        return mlflow_error(409, "INVALID_STATE", str(error))
+    except TimeoutError:
+        return mlflow_error(
+            503, "TEMPORARILY_UNAVAILABLE", "The switch back did not happen within 10 s."
+        )
+    log.warning("POST /rollback from %s: serving %s, pinned", request.remote, worker.version)
+    return web.json_response({"active_version": worker.version, "pinned": supervisor.pinned})
+
+
+async def resume(request: web.Request) -> web.Response:
+    """Follow the registry again after a rollback."""
+    supervisor = request.app[SIDECAR].supervisor
+    was_pinned = supervisor.pinned is not None
+    following = supervisor.resume()
+    return web.json_response({"resumed": was_pinned, "wanted_version": following})
+
+
 async def livez(_request: web.Request) -> web.Response:
     """Answers while the event loop runs, whatever the workers do: a liveness probe on this
     restarts the pod only when the sidecar itself is stuck."""
@@ -126,5 +150,7 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/metrics", make_aiohttp_handler(sidecar.metrics.registry))
     app.router.add_post("/reload", reload)
     app.router.add_post("/webhook", receiver.handle)
+    app.router.add_post("/rollback", rollback)
+    app.router.add_post("/resume", resume)
     app.router.add_get("/livez", livez)
     return app

@@ -67,7 +67,7 @@ def require_token_off_loopback(admin_host: str, admin_token: str | None) -> None
         return
     raise click.UsageError(
         f"--admin-host {admin_host} is reachable from other machines: set --admin-token "
-        "(or MLFLOW_BLUEGREEN_ADMIN_TOKEN) so that POST /reload and /webhook need it."
+        "(or MLFLOW_BLUEGREEN_ADMIN_TOKEN) so that POST /reload, /rollback and /resume need it."
     )
 
 
@@ -202,10 +202,49 @@ def main() -> None:
     "before it is closed.",
 )
 @option(
+    "--linger",
+    env="linger",
+    default=0.0,
+    type=click.FloatRange(min=0),
+    help="Seconds the replaced version's worker stays up, without traffic, after a swap: "
+    "moving back to it (alias, POST /rollback) is then instant, and it takes over at once if "
+    "the new worker dies or fails health checks. 0 stops it at once; costs its memory.",
+)
+@option(
+    "--allow-signature-change/--no-allow-signature-change",
+    env="allow_signature_change",
+    default=False,
+    help="Let a version whose input signature would break current callers (a removed, "
+    "retyped or new required input) take traffic. Off: such a swap is blocked.",
+)
+@option(
+    "--canary-percent",
+    env="canary_percent",
+    default=0.0,
+    type=click.FloatRange(min=0, max=100, max_open=True),
+    help="Share of live traffic (in %) a ready new version answers for --canary-seconds "
+    "before the full switch; 0 switches at once.",
+)
+@option(
+    "--canary-seconds",
+    env="canary_seconds",
+    default=60.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="How long a canary runs before it is judged.",
+)
+@option(
+    "--canary-max-error-increase",
+    env="canary_max_error_increase",
+    default=0.01,
+    type=click.FloatRange(min=0, max=1),
+    help="A canary whose share of failed requests (5xx, timeouts) exceeds the old "
+    "version's by more than this fraction is rejected.",
+)
+@option(
     "--admin-token",
     env="admin_token",
     default=None,
-    help="Bearer token required by POST /reload and POST /webhook. Required when "
+    help="Bearer token required by POST /reload, /rollback and /resume. Required when "
     "--admin-host is not a loopback address.",
 )
 @option(

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..worker.swap import CanaryPolicy
+
 
 @dataclass(frozen=True)
 class Config:
@@ -25,6 +27,11 @@ class Config:
     queue_timeout: float = 30.0
     max_body_size: int = 64 * 1024 * 1024
     keepalive_timeout: float = 75.0
+    linger: float = 0.0
+    allow_signature_change: bool = False
+    canary_percent: float = 0.0
+    canary_seconds: float = 60.0
+    canary_max_error_increase: float = 0.01
     # Secrets stay out of repr, so a logged config is safe.
     admin_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
@@ -33,3 +40,10 @@ class Config:
     access_log: bool = False
     # The environment workers start from: the sidecar's own, before it tuned its registry client.
     worker_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def canary_policy(self) -> CanaryPolicy | None:
+        if self.canary_percent <= 0:
+            return None
+        return CanaryPolicy(
+            self.canary_percent, self.canary_seconds, self.canary_max_error_increase
+        )

@@ -50,3 +50,13 @@ def shutting_down() -> web.Response:
     return mlflow_error(
         503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **{"Retry-After": RETRY_AFTER_SECONDS}
     )
+
+
+def version_not_served(asked: str, active: object | None) -> web.Response:
+    serving = getattr(active, "version", None)
+    now = f" (serving {serving} now)" if serving is not None else ""
+    return mlflow_error(
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+        f"Model version {asked!r} named by X-Model-Version is not served here{now}.",
+    )

@@ -35,7 +35,7 @@ HOP_BY_HOP = frozenset(
 )
 # Rewritten by the client library for the worker's address and the body actually sent; Expect is
 # answered by our own server (100-continue) before the body is read.
-_NOT_FORWARDED = HOP_BY_HOP | {hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.EXPECT}
+_NOT_FORWARDED = HOP_BY_HOP | {hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.EXPECT, VERSION_HEADER}
 
 # Bodies up to this size are read before forwarding, so a request can be sent again if the worker
 # closed a pooled connection just as we wrote to it (the same trade as nginx's
@@ -155,11 +155,19 @@ class Forwarder:
             return errors.body_timeout()
         except _BodyTooLarge:
             return errors.body_too_large(self._max_body_size)
-        worker = self._supervisor.active
-        if worker is None:
-            worker = await self._wait_for_worker(request, gone=None)
+        # A client may ask for the version it started a session with (active, lingering or
+        # canary); it goes to that worker or nowhere.
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None:
+            worker = self._supervisor.worker_for(version.strip())
             if worker is None:
-                return errors.not_ready()
+                return errors.version_not_served(version, self._supervisor.active)
+        else:
+            worker = self._supervisor.route()
+            if worker is None:
+                worker = await self._wait_for_worker(request, gone=None)
+                if worker is None:
+                    return errors.not_ready()
         while True:
             try:
                 return await self._forward(request, worker, headers, data)
@@ -168,7 +176,9 @@ class Forwarder:
                 if isinstance(data, StreamedBody):
                     return errors.upstream_failed(str(error))
                 replacement = await self._wait_for_worker(request, gone=worker)
-                if replacement is None:
+                if replacement is None or (
+                    version is not None and replacement.version != worker.version
+                ):
                     return errors.upstream_failed(str(error))
                 worker = replacement
             except _BodyTooLarge:
@@ -218,6 +228,7 @@ class Forwarder:
         # Counted before the first await: a swap that switches away from this worker now will
         # wait for this request before stopping it.
         worker.in_flight.enter()
+        failed = True  # unless an answer below says otherwise: counts against a canary
         try:
             for attempt, session in enumerate(sessions):
                 try:
@@ -238,12 +249,17 @@ class Forwarder:
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     return errors.upstream_timeout()
                 try:
-                    return await self._relay(request, upstream, worker.version)
+                    response = await self._relay(request, upstream, worker.version)
                 finally:
                     upstream.release()
+                failed = response.status >= 500
+                return response
             raise AssertionError("unreachable")
+        except asyncio.CancelledError:
+            failed = False  # the client went away: not the worker's fault
+            raise
         finally:
-            worker.in_flight.leave()
+            worker.in_flight.leave(failed)
 
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, version: str

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..worker.registry import RegistryError
 from ..worker.swap import SLOTS, SwapRecord, Worker
@@ -74,7 +76,7 @@ class Metrics:
         self.active_version.set(math.nan)
         for slot in SLOTS:
             self.workers_up.labels(slot).set(0)
-        for result in ("succeeded", "failed"):
+        for result in ("succeeded", "failed", "blocked"):
             self.swaps.labels(result)
         # Label lookups cost more than the increment: keep the children we have seen.
         self._request_children: dict[tuple[str, int], Counter] = {}
@@ -109,3 +111,35 @@ class Metrics:
 
     def registry_error(self, error: RegistryError) -> None:
         self.registry_errors.labels(error.kind).inc()
+
+
+class WorkerCollector(Collector):
+    """Per-worker figures read at scrape time, so the request path pays nothing for them:
+    memory (what lingering costs), and answers and failures (how a canary compares)."""
+
+    def __init__(self, workers: Callable[[], dict[str, Worker]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["slot", "version", "role"]
+        rss = GaugeMetricFamily(
+            PREFIX + "worker_rss_bytes",
+            "Resident memory of each running worker's process group.",
+            labels=labels,
+        )
+        answered = CounterMetricFamily(
+            PREFIX + "worker_requests",
+            "Requests each running worker answered, since it started.",
+            labels=labels,
+        )
+        failed = CounterMetricFamily(
+            PREFIX + "worker_failed_requests",
+            "Requests each running worker answered with a 5xx or not in time, since it started.",
+            labels=labels,
+        )
+        for role, worker in self._workers().items():
+            values = [worker.slot, worker.version, role.split("-")[0]]
+            rss.add_metric(values, worker.rss_bytes())
+            answered.add_metric(values, worker.in_flight.answered)
+            failed.add_metric(values, worker.in_flight.failed)
+        yield from (rss, answered, failed)

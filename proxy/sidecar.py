@@ -21,7 +21,7 @@ from ..worker.watcher import Watcher
 from .admin import build_admin_app
 from .config import Config
 from .forward import Forwarder
-from .metrics import Metrics
+from .metrics import Metrics, WorkerCollector
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,12 @@ class Sidecar:
             lambda slot, version: WorkerProcess(slot, version, ref.launch_uri(version), spec),
             startup_timeout=config.startup_timeout,
             drain_timeout=config.drain_timeout,
+            linger=config.linger,
+            canary=config.canary_policy(),
+            allow_signature_change=config.allow_signature_change,
         )
         self.metrics = Metrics(CollectorRegistry(), in_flight=self.supervisor.in_flight)
+        self.metrics.registry.register(WorkerCollector(self.supervisor.workers))
         self.supervisor.observer = self.metrics
         if resolver is None:
             resolver = (

@@ -1,4 +1,5 @@
-"""Counts the requests a worker is serving, so a swap can wait for them before stopping it.
+"""Counts the requests a worker is serving, so a swap can wait for them before stopping it, and
+those it has answered and failed, so a canary can be judged against the version it would replace.
 
 Every wait in this package uses `asyncio.timeout`, not `asyncio.wait_for`: on Python 3.11
 `wait_for` can swallow a cancellation that arrives as the awaited event fires, which left a
@@ -11,10 +12,12 @@ import contextlib
 
 
 class InFlight:
-    __slots__ = ("_idle", "count")
+    __slots__ = ("_idle", "answered", "count", "failed")
 
     def __init__(self) -> None:
         self.count = 0
+        self.answered = 0
+        self.failed = 0  # answered with a 5xx of the worker's or ours (502, 504)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -22,8 +25,10 @@ class InFlight:
         self.count += 1
         self._idle.clear()
 
-    def leave(self) -> None:
+    def leave(self, failed: bool = False) -> None:
         self.count -= 1
+        self.answered += 1
+        self.failed += failed
         if self.count == 0:
             self._idle.set()
 

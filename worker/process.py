@@ -147,7 +147,7 @@ class WorkerProcess:
         self._popen: subprocess.Popen[bytes] | None = None
         self._exited = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._example: asyncio.Task[str | None] | None = None
+        self._card: asyncio.Task[ModelCard] | None = None
         self._log_extra = {"slot": slot, "version": version}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -177,8 +177,8 @@ class WorkerProcess:
             asyncio.create_task(self._relay(self._popen.stdout), name=f"relay-{self.slot}"),
             asyncio.create_task(self._reap_until_exit(), name=f"reap-{self.slot}"),
         ]
-        # Fetch the warm-up payload while the worker boots, not after.
-        self._example = asyncio.create_task(asyncio.to_thread(load_serving_example, self.model_uri))
+        # Read the MLmodel (warm-up payload, signature) while the worker boots, not after.
+        self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.model_uri))
 
     @property
     def alive(self) -> bool:
@@ -209,13 +209,21 @@ class WorkerProcess:
                 async with asyncio.timeout(0.25):
                     await self._exited.wait()
 
+    async def model_card(self) -> ModelCard:
+        """What the version's MLmodel says; WorkerFailed if it cannot be read."""
+        assert self._card is not None
+        try:
+            return await asyncio.shield(self._card)
+        except Exception as error:
+            raise self._failure("inspect", f"could not read the MLmodel: {error}") from error
+
+    async def input_schema(self) -> Any | None:
+        return (await self.model_card()).inputs
+
     async def warm_up(self) -> bool:
         """POST the model's saved serving input example; False when the model has none."""
-        assert self.session is not None and self._example is not None
-        try:
-            payload = await self._example
-        except Exception as error:
-            raise self._failure("warm-up", f"could not read the input example: {error}") from error
+        assert self.session is not None
+        payload = (await self.model_card()).serving_example
         if payload is None:
             return False
         try:
@@ -232,6 +240,23 @@ class WorkerProcess:
             text = body[:300].decode(errors="replace")
             raise self._failure("warm-up", f"answered {response.status}: {text}")
         return True
+
+    async def healthy(self, timeout: float = 2.0) -> bool:
+        """One `GET /ping`: True on 200 within `timeout`."""
+        if not self.alive or self.session is None:
+            return False
+        try:
+            async with self.session.get(
+                f"{self.base_url}/ping", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker's whole process group (mlflow, uvicorn, its workers)."""
+        return group_rss_bytes(self.pid) if self.alive and self.pid is not None else 0
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the worker's process group, SIGKILL what is left after `grace`, reap it all."""
@@ -253,8 +278,8 @@ class WorkerProcess:
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._example is not None:
-            self._example.cancel()
+        if self._card is not None:
+            self._card.cancel()
         for session in (self.session, self.fresh_session):
             if session is not None:
                 await session.close()
@@ -270,6 +295,9 @@ class WorkerProcess:
             "port": self.port,
             "alive": self.alive,
             "in_flight": self.in_flight.count,
+            "answered": self.in_flight.answered,
+            "failed": self.in_flight.failed,
+            "rss_bytes": self.rss_bytes(),
         }
 
     # -- processes -------------------------------------------------------------------------
@@ -372,14 +400,45 @@ def first_exception(lines: list[str]) -> str | None:
     return None
 
 
-def load_serving_example(model_uri: str) -> str | None:
-    """The JSON body MLflow saved to exercise `/invocations`, or None if the model has none.
-    Blocking (it may download two small files): run it in a thread."""
+@dataclass(frozen=True)
+class ModelCard:
+    """What a swap needs from a version's MLmodel file."""
+
+    serving_example: str | None  # the JSON body MLflow saved to exercise /invocations
+    inputs: Any | None  # the signature's input `mlflow.types.Schema`
+
+
+def read_model_card(model_uri: str) -> ModelCard:
+    """Blocking (it may download two small files): run it in a thread."""
     from mlflow.models import Model
-    from mlflow.models.utils import load_serving_example as mlflow_load_serving_example
+    from mlflow.models.utils import load_serving_example
 
     model = Model.load(model_uri)
+    inputs = model.signature.inputs if model.signature is not None else None
     info = model.saved_input_example_info or {}
     if not info.get("serving_input_path"):
-        return None
-    return str(mlflow_load_serving_example(model_uri))
+        return ModelCard(None, inputs)
+    return ModelCard(str(load_serving_example(model_uri)), inputs)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """Sum of resident memory of the processes in group `pgid`, from /proc (0 off Linux)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    # The command name is in parentheses and may contain spaces: split after it.
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+                if int(fields[2]) != pgid:
+                    continue
+                with open(f"/proc/{entry.name}/statm", "rb") as statm:
+                    total += int(statm.read().split()[1]) * _PAGE_SIZE
+            except (OSError, IndexError, ValueError):
+                continue  # exited while we looked
+    return total

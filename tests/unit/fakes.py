@@ -16,6 +16,8 @@ class Plan:
     """How workers of one version behave."""
 
     fail_at: str | None = None  # "start", "ready" or "warm_up"
+    inputs: Any | None = None  # the signature's input schema
+    healthy: bool = True
     ready_delay: float = 0.0
     stop_delay: float = 0.0
 
@@ -98,6 +100,19 @@ class FakeWorker:
 
     def kill_now(self) -> None:
         self.running = False
+
+    @property
+    def alive(self) -> bool:
+        return self.running
+
+    async def input_schema(self) -> Any | None:
+        return self.plan.inputs
+
+    async def healthy(self) -> bool:
+        return self.running and self.plan.healthy
+
+    def rss_bytes(self) -> int:
+        return 1_000_000 if self.running else 0
 
     def status(self) -> dict[str, Any]:
         return {"slot": self.slot, "version": self.version, "pid": self.pid, "port": self.port}

@@ -221,6 +221,25 @@ async def test_reload_with_the_token_runs(start: Start, scheme: str) -> None:
     assert server.resolver.calls == 1
 
 
+@pytest.mark.parametrize("path", ["/rollback", "/resume"])
+async def test_rollback_and_resume_need_the_token(start: Start, path: str) -> None:
+    server = await start(admin_token=TOKEN)
+    status, _headers, body = await server.post(path)
+    assert status == 401
+    assert_mlflow_error(body, "UNAUTHENTICATED")
+    assert server.sidecar.supervisor.pinned is None
+
+
+async def test_rollback_with_nothing_lingering_is_409_and_says_why(start: Start) -> None:
+    server = await start(admin_token=TOKEN)
+    status, _headers, body = await server.post("/rollback", token=TOKEN)
+    assert status == 409
+    assert_mlflow_error(body, "INVALID_STATE")
+    assert "--linger" in body["message"]
+    status, _headers, body = await server.post("/resume", token=TOKEN)
+    assert (status, body["resumed"]) == (200, False)
+
+
 async def test_token_is_compared_in_constant_time(
     start: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -542,3 +542,46 @@ def socket_port_nobody_listens_on() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_x_model_version_routes_to_that_version_or_is_404(
+    echo_upstream: TestServer, make_proxy: Any
+) -> None:
+    upstream = Upstream(f"http://127.0.0.1:{echo_upstream.port}", version="7")
+    proxy = await make_proxy(upstream)
+    async with aiohttp.ClientSession() as client:
+        async with client.post(
+            proxy.url + "/invocations", data=b"{}", headers={"X-Model-Version": "7"}
+        ) as response:
+            assert response.status == 200
+            assert response.headers["X-Model-Version"] == "7"
+            sent = {k.lower() for k, _v in (await response.json())["headers"]}
+            assert "x-model-version" not in sent  # a routing instruction to us, not the model
+        async with client.post(
+            proxy.url + "/invocations", data=b"{}", headers={"X-Model-Version": "6"}
+        ) as response:
+            assert response.status == 404
+            body = await response.json()
+            assert body["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+            assert "'6'" in body["message"] and "serving 7" in body["message"]
+    assert hits(echo_upstream) == ["/invocations"]
+
+
+async def test_answers_and_failures_are_counted_per_worker(make_proxy: Any) -> None:
+    async def flaky(request: web.Request) -> web.Response:
+        return web.Response(status=500 if request.path == "/bad" else 200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", flaky)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        upstream = Upstream(f"http://127.0.0.1:{server.port}")
+        proxy = await make_proxy(upstream)
+        async with aiohttp.ClientSession() as client:
+            for path in ("/good", "/bad", "/good", "/bad", "/bad"):
+                async with client.get(proxy.url + path) as response:
+                    await response.read()
+        assert (upstream.in_flight.answered, upstream.in_flight.failed) == (5, 3)
+    finally:
+        await server.close()
