@@ -38,6 +38,7 @@ class Sidecar:
             timeout=config.timeout,
             base_env=config.worker_env,
             access_log=config.access_log,
+            prefetch_timeout=config.startup_timeout,
         )
         ref = self.ref
         self.supervisor = Supervisor(

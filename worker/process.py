@@ -8,10 +8,12 @@ import ctypes
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -21,6 +23,7 @@ from typing import IO, Any
 import aiohttp
 
 from .inflight import InFlight
+from .prefetch import Step, StepFailed, download_command, is_remote, prepare_env_command
 
 log = logging.getLogger("mlflow_bluegreen.worker")
 
@@ -102,6 +105,9 @@ class WorkerSpec:
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     connections: int = 100
     access_log: bool = False
+    # Download the model and build its environment before `mlflow models serve` (see prefetch).
+    prefetch: bool = True
+    prefetch_timeout: float = 600.0
 
     def command(self, model_uri: str, port: int) -> list[str]:
         return [
@@ -148,14 +154,19 @@ class WorkerProcess:
         self._exited = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._card: asyncio.Task[ModelCard] | None = None
+        self._step: Step | None = None
+        self.model_dir: str | None = None  # the local copy it serves, when it downloaded one
+        self.launch_uri = model_uri
+        self.timings: dict[str, float] = {}  # seconds per preparation step
         self._log_extra = {"slot": slot, "version": version}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._prepare()
         self.port = free_port(self.spec.host)
         self.base_url = f"http://{self.spec.host}:{self.port}"
-        command = self.spec.command(self.model_uri, self.port)
+        command = self.spec.command(self.launch_uri, self.port)
         log.info("starting worker: %s", " ".join(command), extra=self._log_extra)
         # Popen only forks and execs; the worker's slow start happens after, in wait_ready.
         self._popen = subprocess.Popen(  # noqa: ASYNC220
@@ -178,7 +189,39 @@ class WorkerProcess:
             asyncio.create_task(self._reap_until_exit(), name=f"reap-{self.slot}"),
         ]
         # Read the MLmodel (warm-up payload, signature) while the worker boots, not after.
-        self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.model_uri))
+        self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.launch_uri))
+
+    async def _prepare(self) -> None:
+        """Fetch the model and build its environment, each step timed, before the boot."""
+        if self.spec.prefetch and is_remote(self.model_uri):
+            self.model_dir = tempfile.mkdtemp(prefix=f"mlflow-bluegreen-v{self.version}-")
+            output = await self._run_step(
+                "download", download_command(self.model_uri, self.model_dir)
+            )
+            # `mlflow artifacts download` prints where it put the model, last.
+            self.launch_uri = output[-1] if output else self.model_dir
+        if self.spec.env_manager != "local":
+            await self._run_step(
+                "prepare_env", prepare_env_command(self.launch_uri, self.spec.env_manager)
+            )
+
+    async def _run_step(self, name: str, command: list[str]) -> list[str]:
+        log.info("%s: %s", name, " ".join(command), extra=self._log_extra)
+        began = time.monotonic()
+
+        def relay(line: str) -> None:
+            self.output.append(line)
+            log.info("%s", line, extra=self._log_extra)
+
+        self._step = Step(command, self.spec.environment(), relay, _die_with(os.getpid()))
+        try:
+            output = await self._step.run(self.spec.prefetch_timeout)
+        except StepFailed as error:
+            raise self._failure(name, str(error)) from error
+        finally:
+            self._step = None
+        self.timings[name] = round(time.monotonic() - began, 3)
+        return output
 
     @property
     def alive(self) -> bool:
@@ -260,6 +303,8 @@ class WorkerProcess:
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the worker's process group, SIGKILL what is left after `grace`, reap it all."""
+        if self._step is not None:
+            self._step.kill()
         if self._popen is not None and self._group_alive():
             self._signal_group(signal.SIGTERM)
             if not await self._wait_group_gone(grace):
@@ -285,12 +330,16 @@ class WorkerProcess:
                 await session.close()
         if self._popen is not None and self._popen.stdout is not None:
             self._popen.stdout.close()
+        if self.model_dir is not None:
+            model_dir, self.model_dir = self.model_dir, None
+            await asyncio.to_thread(shutil.rmtree, model_dir, True)
 
     def status(self) -> dict[str, Any]:
         return {
             "slot": self.slot,
             "version": self.version,
             "model_uri": self.model_uri,
+            "served_from": self.launch_uri,
             "pid": self.pid,
             "port": self.port,
             "alive": self.alive,

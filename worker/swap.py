@@ -50,6 +50,8 @@ class Worker(Protocol):
     session: aiohttp.ClientSession | None
     fresh_session: aiohttp.ClientSession | None
     """A pool that never reuses a connection: for the one retry after a stale keep-alive."""
+    timings: dict[str, float]
+    """Seconds of each step `start` took before launching the server (download, prepare_env)."""
 
     async def start(self) -> None: ...
     async def wait_ready(self, timeout: float) -> None: ...
@@ -489,7 +491,12 @@ class Supervisor:
             await worker.start()
         except OSError as error:
             raise WorkerFailed("start", f"could not launch: {error}") from error
-        _step_done(record, "start", round(time.monotonic() - step, 3))
+        prepared = dict(worker.timings)  # download, prepare_env: before the boot
+        for name, seconds in prepared.items():
+            _step_done(record, name, seconds)
+        launched = time.monotonic() - step - sum(prepared.values())
+        _step_done(record, "start", round(max(launched, 0.0), 3))
+        step = time.monotonic()  # the health clock measures the boot alone
         if old is not None and not self.allow_signature_change:
             record.step = "signature"
             await self._check_signature(old, worker, record)

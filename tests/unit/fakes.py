@@ -59,6 +59,7 @@ class FakeWorker:
         self.base_url = "http://fake"
         self.session = None
         self.fresh_session = None
+        self.timings: dict[str, float] = {}
         self.running = False
         self.output: deque[str] = deque(["loading model", "Traceback: boom"], maxlen=40)
         self._exited = asyncio.Event()

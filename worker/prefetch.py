@@ -1,0 +1,114 @@
+"""Download a version's model and build its environment before its worker starts.
+
+`mlflow models serve` on a registry URI downloads the artifacts, builds the environment (for a
+non-local env manager) and only then boots: one opaque wait. Done as separate steps first,
+each is timed on its own (the swap's history shows `download` and `prepare_env`), a failure
+names the step, and the worker then starts from a local directory, so the health clock measures
+the boot alone. The steps run as child processes with the worker's environment, not in the
+sidecar: a large download would otherwise hold the proxy's GIL, and the sidecar's registry
+client is tuned to give up fast while an artifact download should not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import urlparse
+
+# Local paths are served in place: nothing to fetch.
+_LOCAL_SCHEMES = frozenset({"", "file"})
+
+
+def is_remote(model_uri: str) -> bool:
+    scheme = urlparse(model_uri).scheme
+    # A single letter is a Windows drive ("C:\\models\\iris"), not a scheme.
+    return scheme not in _LOCAL_SCHEMES and len(scheme) > 1
+
+
+def download_command(model_uri: str, destination: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "artifacts", "download",
+        "--artifact-uri", model_uri, "--dst-path", destination,
+    ]  # fmt: skip
+
+
+def prepare_env_command(model_path: str, env_manager: str) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "models", "prepare-env",
+        "--model-uri", model_path, "--env-manager", env_manager,
+    ]  # fmt: skip
+
+
+class StepFailed(Exception):
+    def __init__(self, reason: str, output: list[str]) -> None:
+        super().__init__(reason)
+        self.output = output
+
+
+class Step:
+    """One child process, its output relayed line by line; `kill()` ends it early."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        on_line: Callable[[str], None],
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
+        self._command = list(command)
+        self._env = dict(env)
+        self._on_line = on_line
+        self._preexec = preexec  # e.g. die with the sidecar
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def run(self, timeout: float) -> list[str]:
+        """The output lines; StepFailed if it exits non-zero or takes over `timeout` s."""
+        self._process = await asyncio.create_subprocess_exec(
+            *self._command,
+            env=self._env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=self._preexec,  # only a prctl call: safe between fork and exec
+            limit=1 << 20,
+        )
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                await self._relay(lines)
+                code = await self._process.wait()
+        except TimeoutError:
+            self.kill()
+            await self._process.wait()
+            raise StepFailed(f"took more than {timeout:g} s", lines) from None
+        except BaseException:
+            self.kill()
+            raise
+        if code != 0:
+            raise StepFailed(f"exited with code {code}", lines)
+        return lines
+
+    async def _relay(self, lines: list[str]) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        while True:
+            try:
+                line = await self._process.stdout.readline()
+            except ValueError:  # one line over the limit: take it in pieces
+                line = await self._process.stdout.read(1 << 16)
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                lines.append(text)
+                self._on_line(text)
+
+    def kill(self) -> None:
+        """The whole group: conda and uv start children of their own."""
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
