@@ -379,6 +379,44 @@ async def test_client_that_disconnects_mid_request_leaves_nothing_in_flight(
     assert upstream.in_flight.count == 0
 
 
+async def test_client_that_disconnects_mid_response_cancels_the_upstream_request(
+    make_proxy: Any,
+) -> None:
+    stopped = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(200):  # 10 s of answer if nobody stops it
+                await response.write(b"x" * 1024)
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.CancelledError):
+            stopped.set()
+            raise
+        return response
+
+    app = web.Application()
+    app.router.add_get("/stream", endless)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        upstream = Upstream(f"http://127.0.0.1:{server.port}")
+        proxy = await make_proxy(upstream)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")  # headers are out, the body is flowing
+        await reader.read(1024)
+        writer.close()
+        async with asyncio.timeout(2):
+            await stopped.wait()  # the worker stops computing an answer nobody reads
+        await asyncio.sleep(0.05)
+        assert upstream.in_flight.count == 0
+        assert upstream.in_flight.failed == 0  # the client left: not held against the worker
+    finally:
+        await server.close()
+
+
 def hits(upstream: TestServer) -> list[str]:
     return upstream.app[HITS]  # type: ignore[union-attr]
 
