@@ -264,6 +264,12 @@ def test_the_sidecar_starts_with_the_container_environment(
     assert config.log_format == values["logging"]["format"]
     assert config.log_level.lower() == values["logging"]["level"].lower()
     assert config.access_log is values["logging"]["accessLog"]
+    rollout = values["rollout"]
+    assert config.linger == pytest.approx(rollout["linger"])
+    assert config.allow_signature_change is rollout["allowSignatureChange"]
+    assert config.canary_percent == pytest.approx(rollout["canary"]["percent"])
+    assert config.canary_seconds == pytest.approx(rollout["canary"]["seconds"])
+    assert config.canary_max_error_increase == pytest.approx(rollout["canary"]["maxErrorIncrease"])
     webhook = values["webhook"]["secret"]
     assert bool(config.webhook_secret) == bool(webhook["existingSecret"] or webhook["value"])
     if webhook["value"] and not webhook["existingSecret"]:
@@ -555,6 +561,8 @@ def test_no_deploy_file_says_the_sidecar_lacks_a_feature() -> None:
         {"webhook": {"secret": {"valu": "typo"}}},
         {"webhook": {"secret": {"existingSecret": "s", "existingSecretKey": ""}}},
         {"admin": {"token": {"existingSecretKey": ""}}},
+        {"rollout": {"canary": {"percent": 100}}},
+        {"rollout": {"linger": -5}},
     ],
     ids=json.dumps,
 )
