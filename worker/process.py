@@ -155,6 +155,7 @@ class WorkerProcess:
         self._tasks: list[asyncio.Task[Any]] = []
         self._card: asyncio.Task[ModelCard] | None = None
         self._step: Step | None = None
+        self._prepare_deadline = 0.0
         self.model_dir: str | None = None  # the local copy it serves, when it downloaded one
         self.launch_uri = model_uri
         self.timings: dict[str, float] = {}  # seconds per preparation step
@@ -192,7 +193,9 @@ class WorkerProcess:
         self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.launch_uri))
 
     async def _prepare(self) -> None:
-        """Fetch the model and build its environment, each step timed, before the boot."""
+        """Fetch the model and build its environment, each step timed, before the boot. All of
+        it within `prefetch_timeout`."""
+        self._prepare_deadline = time.monotonic() + self.spec.prefetch_timeout
         if self.spec.prefetch and is_remote(self.model_uri):
             self.model_dir = tempfile.mkdtemp(prefix=f"mlflow-bluegreen-v{self.version}-")
             output = await self._run_step(
@@ -215,7 +218,7 @@ class WorkerProcess:
 
         self._step = Step(command, self.spec.environment(), relay, _die_with(os.getpid()))
         try:
-            output = await self._step.run(self.spec.prefetch_timeout)
+            output = await self._step.run(max(self._prepare_deadline - time.monotonic(), 1.0))
         except StepFailed as error:
             raise self._failure(name, str(error)) from error
         finally:

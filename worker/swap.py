@@ -501,7 +501,8 @@ class Supervisor:
             record.step = "signature"
             await self._check_signature(old, worker, record)
         record.step = "ready"
-        await worker.wait_ready(self.startup_timeout)
+        # --startup-timeout bounds download, environment build and boot together.
+        await worker.wait_ready(max(self.startup_timeout - sum(prepared.values()), 1.0))
         _step_done(record, "ready", round(time.monotonic() - step, 3))
         log.info(
             "worker %s v%s ready in %.2f s", worker.slot, worker.version, record.steps["ready"]
