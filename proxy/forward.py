@@ -20,22 +20,23 @@ log = logging.getLogger(__name__)
 VERSION_HEADER = istr("X-Model-Version")
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. Trailer goes with
-# Transfer-Encoding: we do not forward trailers.
+# Transfer-Encoding: we do not forward trailers. Lower-case: header names are compared that way
+# (istr hashes by its original spelling, so a set of istr misses "x-hop" spelled "X-Hop").
 HOP_BY_HOP = frozenset(
-    istr(h)
-    for h in (
-        "Connection",
-        "Proxy-Connection",
-        "Keep-Alive",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 # Rewritten by the client library for the worker's address and the body actually sent; Expect is
-# answered by our own server (100-continue) before the body is read.
-_NOT_FORWARDED = HOP_BY_HOP | {hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.EXPECT, VERSION_HEADER}
+# answered by our own server (100-continue) before the body is read; X-Model-Version on a
+# request is a routing instruction to us.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect", VERSION_HEADER.lower()}
 
 # Bodies up to this size are read before forwarding, so a request can be sent again if the worker
 # closed a pooled connection just as we wrote to it (the same trade as nginx's
@@ -50,21 +51,23 @@ RequestObserver = Callable[[str, int, float], None]
 """(method, status, seconds) for every request answered."""
 
 
-def _listed_in_connection(headers: CIMultiDictProxy[str]) -> frozenset[istr]:
+def _listed_in_connection(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     named = headers.getall(hdrs.CONNECTION, ())
-    return frozenset(istr(t.strip()) for v in named for t in v.split(",") if t.strip())
+    return frozenset(t.strip().lower() for v in named for t in v.split(",") if t.strip())
+
+
+def _without(headers: CIMultiDictProxy[str], dropped: frozenset[str]) -> CIMultiDict[str]:
+    if hdrs.CONNECTION in headers:
+        dropped = dropped | _listed_in_connection(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
 
 
 def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    extra = _listed_in_connection(headers) if hdrs.CONNECTION in headers else frozenset()
-    return CIMultiDict(
-        (k, v) for k, v in headers.items() if k not in _NOT_FORWARDED and k not in extra
-    )
+    return _without(headers, _NOT_FORWARDED)
 
 
 def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    extra = _listed_in_connection(headers) if hdrs.CONNECTION in headers else frozenset()
-    return CIMultiDict((k, v) for k, v in headers.items() if k not in HOP_BY_HOP and k not in extra)
+    return _without(headers, HOP_BY_HOP)
 
 
 class _BodyTooLarge(Exception):
@@ -190,6 +193,9 @@ class Forwarder:
         if not request.body_exists:
             return None
         length = request.content_length
+        if length is not None and length <= REPLAYABLE_BODY and request.content.is_eof():
+            # The whole body came with the headers: nothing to wait for, no timer to arm.
+            return await request.read()
         async with asyncio.timeout(self._body_timeout):
             if length is not None and length <= REPLAYABLE_BODY:
                 return await request.read()
@@ -264,9 +270,30 @@ class Forwarder:
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, version: str
     ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers)
+        headers[VERSION_HEADER] = version
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= REPLAYABLE_BODY
+            and request.method != "HEAD"
+            and upstream.status not in (204, 304)
+        ):
+            # A small answer of known size: one write of headers and body, no chunk loop.
+            try:
+                body = await upstream.read()
+            except (TimeoutError, aiohttp.ClientError) as error:
+                log.warning("upstream failed mid-response: %r", error)
+                return errors.upstream_failed(repr(error))
+            del headers[hdrs.CONTENT_LENGTH]
+            response: web.StreamResponse = web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
+            if self.closing:
+                response.force_close()
+            return response
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(response_headers(upstream.headers))
-        response.headers[VERSION_HEADER] = version
+        response.headers.extend(headers)
         if self.closing:
             response.force_close()
         await response.prepare(request)

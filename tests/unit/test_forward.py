@@ -202,7 +202,7 @@ async def test_hop_by_hop_request_headers_are_dropped_and_host_rewritten(proxy: 
     status, _headers, body = await proxy.raw(
         b"POST /invocations HTTP/1.1\r\n"
         b"Host: public.example\r\n"
-        b"Connection: close, X-Drop-Me\r\n"
+        b"Connection: close, x-drop-me\r\n"  # names are case-insensitive
         b"X-Drop-Me: secret\r\n"
         b"Keep-Alive: timeout=5\r\n"
         b"TE: trailers\r\n"
@@ -230,7 +230,7 @@ async def test_hop_by_hop_response_headers_are_dropped(make_proxy: Any) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Secret\r\nX-Secret: 1\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-SECRET\r\nX-Secret: 1\r\n"
             b"Keep-Alive: timeout=5\r\nX-Fine: 1\r\nServer: uvicorn\r\n\r\nok"
         )
         await writer.drain()
