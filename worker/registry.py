@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import warnings
 from typing import Protocol
 
@@ -23,7 +25,13 @@ CLIENT_ENV_DEFAULTS = {
 
 
 class RegistryError(Exception):
-    """The registry did not give a version. `kind` says why, for status and metrics."""
+    """The registry did not give a version. `kind` says why, for status and metrics:
+
+    - `unavailable`: no connection (refused, reset, DNS); `timeout`: no answer in time;
+      `server_error`: answered 5xx (or 408/429) until MLflow's retries ran out. All transient.
+    - `not_found`: the model, alias, stage or version does not exist; `denied`: 401/403;
+      `bad_request`: the registry rejects the question. Permanent until somebody changes the
+      registry or the credentials."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -45,22 +53,96 @@ _KIND_OF_CODE = {
     "RESOURCE_DOES_NOT_EXIST": "not_found",
     "PERMISSION_DENIED": "denied",
     "UNAUTHENTICATED": "denied",
+    "CUSTOMER_UNAUTHORIZED": "denied",
     "INVALID_PARAMETER_VALUE": "bad_request",
 }
 
+# Credentials may sit in the tracking URI (http://user:pass@host) and so in MLflow's messages.
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
-def classify(error: Exception) -> RegistryError:
+
+def redact(text: str) -> str:
+    """`text` without credentials: it goes to the log and to /status."""
+    text = _URL_USERINFO.sub("***@", text)
+    for name in _SECRET_VARIABLES:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 4:  # a shorter one would blank out ordinary words, and is no secret
+            text = text.replace(secret, "***")
+    return text
+
+
+def classify(error: BaseException) -> RegistryError:
     if isinstance(error, RegistryError):
-        return error
+        return RegistryError(error.kind, redact(str(error)))
+    kind, message = _kind_and_message(error)
+    return RegistryError(kind, redact(message))
+
+
+def _kind_and_message(error: BaseException) -> tuple[str, str]:
     if isinstance(error, MlflowException):
+        text = error.message.splitlines()[0] if error.message else repr(error)
         kind = _KIND_OF_CODE.get(error.error_code)
+        # MLflow's store reports a missing alias as INVALID_PARAMETER_VALUE ("Registered model
+        # alias live not found."): it is gone, not a malformed question.
+        if kind == "bad_request" and re.search(r"\bnot found\b", text, re.IGNORECASE):
+            kind = "not_found"
         if kind is not None:
-            return RegistryError(kind, error.message)
-        text = error.message
-        if "401" in text or "403" in text:
-            return RegistryError("denied", text.splitlines()[0])
-        return RegistryError("unavailable", text.splitlines()[0] if text else repr(error))
-    return RegistryError("unavailable", f"{type(error).__name__}: {error}")
+            return kind, text
+        # Transport failures arrive as a generic MlflowException wrapping what requests raised;
+        # the wrapped exception says whether the server was silent, refused, or answered 5xx.
+        transport = _transport_kind(error)
+        if transport is not None:
+            return transport, text
+        if re.search(r"\b(401|403)\b", text):
+            return "denied", text
+        return "unavailable", text
+    return _transport_kind(error) or "unavailable", f"{type(error).__name__}: {error}"
+
+
+def _transport_kind(error: BaseException) -> str | None:
+    import requests
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, ResponseError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # requests reports a read timeout that exhausted the retries as a ConnectionError around
+        # urllib3's MaxRetryError: look at the reason inside, not only at the outer type.
+        reasons: list[object] = [current, *current.args]
+        for candidate in list(reasons):
+            if isinstance(candidate, MaxRetryError):
+                reasons.append(candidate.reason)
+        for candidate in reasons:
+            # urllib3 derives "connection refused" from its connect-timeout class: test it first.
+            if isinstance(candidate, NewConnectionError):
+                return "unavailable"
+            if isinstance(candidate, requests.Timeout | Urllib3Timeout | TimeoutError):
+                return "timeout"
+            if isinstance(candidate, requests.exceptions.RetryError | ResponseError):
+                return "server_error"
+        for candidate in reasons:
+            if isinstance(candidate, requests.ConnectionError | ConnectionError):
+                return "unavailable"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _NoRetryWarnings(logging.Filter):
+    """urllib3 warns about every retried attempt of every lookup while the registry is down or
+    slow; the watcher reports failed lookups itself, once per state change. (In the sidecar's
+    process only the registry client uses urllib3: workers are separate processes.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Retrying ("))
+
+
+def _quiet_urllib3_retries() -> None:
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _NoRetryWarnings) for f in pool_log.filters):
+        pool_log.addFilter(_NoRetryWarnings())
 
 
 class RegistryResolver:
@@ -71,6 +153,7 @@ class RegistryResolver:
             raise ValueError(f"{ref.uri} is not a tracked registry URI")
         from mlflow import MlflowClient
 
+        _quiet_urllib3_retries()
         self._ref = ref
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._warned_stage = False

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,24 @@ from .process import free_port
 
 
 class EmbeddedRegistry:
-    """`mlflow server` on 127.0.0.1 with its store in a temporary directory."""
+    """`mlflow server` on 127.0.0.1 with its store in a temporary directory.
 
-    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+    `app_name` picks an MLflow server app (`basic-auth` puts MLflow's own authentication in
+    front); `env` is added to the server's environment and `extra_args` to its command line."""
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        port: int | None = None,
+        *,
+        app_name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self._own_root = root is None
+        self.app_name = app_name
+        self.env = dict(env or {})
+        self.extra_args = tuple(extra_args)
         self.root = Path(root or tempfile.mkdtemp(prefix="mlflow-bluegreen-registry-"))
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -40,12 +55,15 @@ class EmbeddedRegistry:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",
+            *(("--app-name", self.app_name) if self.app_name else ()),
+            *self.extra_args,
         ]  # fmt: skip
         # No background job runner (it starts a dozen huey processes): a registry is all we need.
         env = {
             **os.environ,
             "PATH": _path_with_our_bin(),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **self.env,
         }
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .backoff import Backoff
 from .registry import RegistryError, Resolver, classify
@@ -15,10 +17,14 @@ from .swap import Supervisor
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class Watcher:
     """Resolves the served URI every `poll_interval` seconds (once, for a fixed URI), on `poke()`,
-    and on `resolve_now()`. While the registry fails it backs off and keeps the current version."""
+    and on `resolve_now()`. While the registry fails it backs off (capped at
+    `max_error_interval`) and keeps the current version; it logs each change of state (ok, or
+    the kind of error), not each failed poll."""
 
     def __init__(
         self,
@@ -39,14 +45,27 @@ class Watcher:
         )
         self._on_error = on_error or (lambda _error: None)
         self._poke = asyncio.Event()
+        self._tickets = itertools.count(1)
+        self._applied_ticket = 0
+        self._next_attempt_at: float | None = None  # monotonic
         self.last_version: str | None = None
         self.last_success: float | None = None
         self.last_error: RegistryError | None = None
         self.last_error_at: float | None = None
+        self.failing_since: float | None = None
+        self.consecutive_errors = 0
         self.errors = 0
 
     def poke(self) -> None:
+        """Ask the registry now instead of at the next poll (a webhook said something moved)."""
         self._poke.set()
+
+    @property
+    def state(self) -> str:
+        """`ok`, `unknown` before the first answer, or the kind of the current error."""
+        if self.last_error is not None:
+            return self.last_error.kind
+        return "ok" if self.last_success is not None else "unknown"
 
     async def run(self) -> None:
         # The caller may have resolved once already (to fail fast on a URI that does not exist).
@@ -55,58 +74,127 @@ class Watcher:
         while not (ok and not self.tracked):  # a fixed URI means the same model forever
             if asked:
                 delay = self.poll_interval if ok else self._error_backoff.next_delay()
+                self._next_attempt_at = time.monotonic() + delay
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._poke.wait()
             asked = True
+            self._next_attempt_at = None
             self._poke.clear()
             ok = await self.resolve_now()
 
     async def resolve_now(self) -> bool:
-        """Ask the registry once and hand the answer to the supervisor. False if it failed."""
+        """Ask the registry once and hand the answer to the supervisor. False if it failed.
+
+        Lookups may overlap (the poll loop, `POST /reload`): an answer is dropped when a lookup
+        that started later has already been applied, so a slow old answer cannot undo a new one."""
+        ticket = next(self._tickets)
         try:
-            version = await asyncio.to_thread(self._resolver.resolve)
+            version = await _in_daemon_thread(self._resolver.resolve)
         except Exception as error:  # noqa: BLE001 - every failure is kept, reported and retried
-            self._failed(classify(error))
+            if ticket > self._applied_ticket:
+                self._applied_ticket = ticket
+                self._failed(classify(error))
             return False
+        if ticket < self._applied_ticket:
+            return True
+        self._applied_ticket = ticket
+        self._succeeded(version)
+        return True
+
+    def _succeeded(self, version: str) -> None:
         if self.last_error is not None:
-            log.info("registry answers again: version %s", version)
+            failing_for = time.time() - (self.failing_since or time.time())
+            log.info(
+                "registry answers again: version %s (after %d failed lookups in %.0f s)",
+                version,
+                self.consecutive_errors,
+                failing_for,
+            )
         elif version != self.last_version:
             log.info("registry: version %s", version)
         self.last_error = None
+        self.failing_since = None
+        self.consecutive_errors = 0
         self._error_backoff.reset()
         self.last_version = version
         self.last_success = time.time()
         self._supervisor.want(version)
-        return True
 
     def _failed(self, error: RegistryError) -> None:
         self.errors += 1
+        self.consecutive_errors += 1
         self._on_error(error)
-        changed = self.last_error is None or (self.last_error.kind, str(self.last_error)) != (
-            error.kind,
-            str(error),
-        )
-        if changed:  # once per state change, not once per poll
+        # The state is the kind of error: its message may change from poll to poll (addresses,
+        # request ids) without anything new to tell, so only a new kind is logged.
+        if self.last_error is None or self.last_error.kind != error.kind:
             serving = self._supervisor.active.version if self._supervisor.active else "nothing"
+            then = "" if error.permanent else ", retrying with backoff"
             log.error(
-                "registry lookup failed (%s): %s; still serving %s", error.kind, error, serving
+                "registry lookup failed (%s): %s; still serving %s%s",
+                error.kind,
+                error,
+                serving,
+                then,
             )
+        else:
+            log.debug("registry lookup failed again (%s): %s", error.kind, error)
+        if self.failing_since is None:
+            self.failing_since = time.time()
         self.last_error = error
         self.last_error_at = time.time()
 
     def status(self) -> dict[str, Any]:
+        retry_in = (
+            None
+            if self._next_attempt_at is None or self.last_error is None
+            else max(0.0, round(self._next_attempt_at - time.monotonic(), 1))
+        )
         return {
             "tracked": self.tracked,
             "poll_interval": self.poll_interval,
+            "state": self.state,
             "resolved_version": self.last_version,
             "last_success": self.last_success,
             "errors": self.errors,
+            "consecutive_errors": self.consecutive_errors,
+            "failing_since": self.failing_since,
+            "retry_in": retry_in,
             "last_error": None
             if self.last_error is None
             else {
                 "kind": self.last_error.kind,
+                "permanent": self.last_error.permanent,
                 "message": str(self.last_error),
                 "at": self.last_error_at,
             },
         }
+
+
+async def _in_daemon_thread(function: Callable[[], T]) -> T:
+    """`function()` in a daemon thread. Unlike `asyncio.to_thread`, a registry call that hangs
+    does not hold up the sidecar's exit: the default executor's threads are joined at shutdown,
+    a daemon thread is abandoned."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the awaiting coroutine was cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def call() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = function()
+        except BaseException as raised:  # noqa: BLE001 - handed to the awaiting coroutine
+            error = raised
+        with contextlib.suppress(RuntimeError):  # the loop closed while we waited: nobody cares
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=call, name="registry-lookup", daemon=True).start()
+    return await future
