@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test unit integration lint format bench clean
+.PHONY: install demo test unit integration lint format bench soak clean
 
 install: $(STAMP)
 
@@ -36,6 +36,20 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Proxy overhead (direct vs nginx vs ours, and the proxy's own ceiling), then alias moves under
+# open-loop load (ours vs kill-and-restart). 7-10 minutes on 2 cores (more when they are busy);
+# JSON, logs and plots go to benchmarks/out/. Needs wrk and nginx: installed with apt-get when
+# missing and we are root.
+bench: $(STAMP)
+	sh benchmarks/ensure-tools.sh
+	$(PY) benchmarks/proxy_overhead.py --rounds 2 --duration 4
+	$(PY) benchmarks/swap_under_load.py --pause 10
+
+# Continuous load with an alias move every 30 s; failures, swaps, sidecar RSS and fds.
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
