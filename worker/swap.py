@@ -208,13 +208,17 @@ class Supervisor:
         self.canary: Worker | None = None
         self.canary_share = 0.0
         self.signature_blocks = 0
+        self._lookup_seconds: float | None = None
 
     # -- what the watcher and the admin port call ----------------------------------------------
 
-    def want(self, version: str) -> None:
+    def want(self, version: str, lookup_seconds: float | None = None) -> None:
         """Serve `version` as soon as it is ready. The latest call wins. While pinned by
-        `rollback()` the registry's answer is only noted, for `resume()`."""
+        `rollback()` the registry's answer is only noted, for `resume()`. `lookup_seconds`: how
+        long the registry took to name it, for the swap's history."""
         version = str(version)
+        if version != self.wanted:
+            self._lookup_seconds = lookup_seconds
         self.registry_version = version
         if self.pinned is not None:
             if version != self.pinned.get("registry_version"):
@@ -395,6 +399,9 @@ class Supervisor:
         log.info(
             "swap %s -> %s on %s: starting (%s)", record.from_version, version, slot, record.cause
         )
+        if self._lookup_seconds is not None:
+            _step_done(record, "resolve", round(self._lookup_seconds, 3))
+            self._lookup_seconds = None
         worker = self._factory(slot, version)
         self._starting = worker
         try:

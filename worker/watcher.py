@@ -89,6 +89,7 @@ class Watcher:
         Lookups may overlap (the poll loop, `POST /reload`): an answer is dropped when a lookup
         that started later has already been applied, so a slow old answer cannot undo a new one."""
         ticket = next(self._tickets)
+        began = time.monotonic()
         try:
             version = await _in_daemon_thread(self._resolver.resolve)
         except Exception as error:  # noqa: BLE001 - every failure is kept, reported and retried
@@ -99,10 +100,10 @@ class Watcher:
         if ticket < self._applied_ticket:
             return True
         self._applied_ticket = ticket
-        self._succeeded(version)
+        self._succeeded(version, time.monotonic() - began)
         return True
 
-    def _succeeded(self, version: str) -> None:
+    def _succeeded(self, version: str, lookup_seconds: float) -> None:
         if self.last_error is not None:
             failing_for = time.time() - (self.failing_since or time.time())
             log.info(
@@ -119,7 +120,7 @@ class Watcher:
         self._error_backoff.reset()
         self.last_version = version
         self.last_success = time.time()
-        self._supervisor.want(version)
+        self._supervisor.want(version, lookup_seconds)
 
     def _failed(self, error: RegistryError) -> None:
         self.errors += 1

@@ -13,7 +13,7 @@ from mlflow_bluegreen.worker.swap import Supervisor
 from .fakes import Fleet, Plan
 
 
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110 - the conditions span several objects
             await asyncio.sleep(0.002)
@@ -221,3 +221,13 @@ async def test_in_flight_counts_every_worker_that_still_serves() -> None:
         old.in_flight.leave()
         supervisor.active.in_flight.leave()
         assert supervisor.in_flight() == 0
+
+
+async def test_the_registry_lookup_time_opens_the_swap_history() -> None:
+    fleet = Fleet()
+    async with running(make(fleet)) as supervisor:
+        supervisor.want("1", 0.25)
+        await until(lambda: supervisor.ready and supervisor.current is None)
+        record = supervisor.history[-1]
+        assert next(iter(record.steps)) == "resolve"
+        assert record.steps["resolve"] == 0.25

@@ -25,6 +25,7 @@ from mlflow_bluegreen.worker.uri import parse_model_uri
 from mlflow_bluegreen.worker.watcher import Watcher
 
 from .fakes import Fleet
+from .test_swap import until
 
 LOG = "mlflow_bluegreen.worker.watcher"
 
@@ -52,12 +53,6 @@ class ScriptedResolver:
 
 def down() -> RegistryError:
     return RegistryError("unavailable", "Connection refused")
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 - polled state lives in another thread too
-            await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager
