@@ -4,9 +4,9 @@
 non-local env manager) and only then boots: one opaque wait. Done as separate steps first,
 each is timed on its own (the swap's history shows `download` and `prepare_env`), a failure
 names the step, and the worker then starts from a local directory, so the health clock measures
-the boot alone. The steps run as child processes with the worker's environment, not in the
-sidecar: a large download would otherwise hold the proxy's GIL, and the sidecar's registry
-client is tuned to give up fast while an artifact download should not.
+the boot alone. The download runs in a thread of the sidecar (its transfers release the GIL,
+and a child process would first spend seconds importing mlflow); the environment build runs
+as a child process with the worker's environment, as `mlflow models serve` would run it.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ def is_remote(model_uri: str) -> bool:
     return scheme not in _LOCAL_SCHEMES and len(scheme) > 1
 
 
-def download_command(model_uri: str, destination: str) -> list[str]:
-    return [
-        sys.executable, "-m", "mlflow", "artifacts", "download",
-        "--artifact-uri", model_uri, "--dst-path", destination,
-    ]  # fmt: skip
+def download_model(model_uri: str, destination: str) -> str:
+    """Blocking: the artifacts of `model_uri` into `destination`; the local path of the model."""
+    from mlflow.artifacts import download_artifacts
+
+    return str(download_artifacts(artifact_uri=model_uri, dst_path=destination))
 
 
 def prepare_env_command(model_path: str, env_manager: str) -> list[str]:

@@ -23,7 +23,8 @@ from typing import IO, Any
 import aiohttp
 
 from .inflight import InFlight
-from .prefetch import Step, StepFailed, download_command, is_remote, prepare_env_command
+from .prefetch import Step, StepFailed, download_model, is_remote, prepare_env_command
+from .threads import in_daemon_thread
 
 log = logging.getLogger("mlflow_bluegreen.worker")
 
@@ -67,6 +68,9 @@ def connection_pool(
         connector=connector,
         # Forward bytes as they are: no decompression, no headers the client did not send.
         auto_decompress=False,
+        # Cookies are the client's and the worker's business: a pool shared by every client
+        # must neither store nor send any.
+        cookie_jar=aiohttp.DummyCookieJar(),
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout),
     )
@@ -124,7 +128,13 @@ class WorkerSpec:
         env = dict(self.base_env)
         # `mlflow models serve` finds uvicorn on PATH: make it the one beside our interpreter.
         bin_dir = os.path.dirname(sys.executable)
-        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
+        # `--env-manager uv` runs `uv venv --python=<the model's version>`, and uv skips the
+        # interpreters of virtual environments (ours above included) and, offline, cannot
+        # download one: offer the interpreter our venv was made from, last, so a model saved
+        # with our Python version builds without a pyenv shim or a system Python on PATH.
+        base_bin = os.path.join(sys.base_prefix, "bin")
+        tail = base_bin if base_bin != bin_dir and os.path.isdir(base_bin) else ""
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", ""), tail) if p)
         env["UVICORN_TIMEOUT_KEEP_ALIVE"] = str(WORKER_KEEPALIVE)
         env["PYTHONUNBUFFERED"] = "1"
         # A line per request through our log costs more than the request; --access-log turns
@@ -198,15 +208,30 @@ class WorkerProcess:
         self._prepare_deadline = time.monotonic() + self.spec.prefetch_timeout
         if self.spec.prefetch and is_remote(self.model_uri):
             self.model_dir = tempfile.mkdtemp(prefix=f"mlflow-bluegreen-v{self.version}-")
-            output = await self._run_step(
-                "download", download_command(self.model_uri, self.model_dir)
-            )
-            # `mlflow artifacts download` prints where it put the model, last.
-            self.launch_uri = output[-1] if output else self.model_dir
+            self.launch_uri = await self._download(self.model_dir)
         if self.spec.env_manager != "local":
             await self._run_step(
                 "prepare_env", prepare_env_command(self.launch_uri, self.spec.env_manager)
             )
+
+    async def _download(self, destination: str) -> str:
+        """The pinned version's artifacts into `destination`; where they landed. In a thread of
+        ours rather than a child process: mlflow is imported here already, and a child would
+        spend seconds importing it again on every swap."""
+        log.info("download: %s", self.model_uri, extra=self._log_extra)
+        began = time.monotonic()
+        remaining = max(self._prepare_deadline - began, 1.0)
+        try:
+            async with asyncio.timeout(remaining):
+                local = await in_daemon_thread(
+                    lambda: download_model(self.model_uri, destination), f"download-{self.slot}"
+                )
+        except TimeoutError as error:
+            raise self._failure("download", f"took more than {remaining:g} s") from error
+        except Exception as error:  # any failure rejects this version, with its reason
+            raise self._failure("download", f"{type(error).__name__}: {error}") from error
+        self.timings["download"] = round(time.monotonic() - began, 3)
+        return local
 
     async def _run_step(self, name: str, command: list[str]) -> list[str]:
         log.info("%s: %s", name, " ".join(command), extra=self._log_extra)

@@ -6,18 +6,16 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from .backoff import Backoff
 from .registry import RegistryError, Resolver, classify
 from .swap import Supervisor
+from .threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class Watcher:
@@ -91,7 +89,7 @@ class Watcher:
         ticket = next(self._tickets)
         began = time.monotonic()
         try:
-            version = await _in_daemon_thread(self._resolver.resolve)
+            version = await in_daemon_thread(self._resolver.resolve, "registry-lookup")
         except Exception as error:  # noqa: BLE001 - every failure is kept, reported and retried
             if ticket > self._applied_ticket:
                 self._applied_ticket = ticket
@@ -170,32 +168,3 @@ class Watcher:
                 "at": self.last_error_at,
             },
         }
-
-
-async def _in_daemon_thread(function: Callable[[], T]) -> T:
-    """`function()` in a daemon thread. Unlike `asyncio.to_thread`, a registry call that hangs
-    does not hold up the sidecar's exit: the default executor's threads are joined at shutdown,
-    a daemon thread is abandoned."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # the awaiting coroutine was cancelled meanwhile
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def call() -> None:
-        result: T | None = None
-        error: BaseException | None = None
-        try:
-            result = function()
-        except BaseException as raised:  # noqa: BLE001 - handed to the awaiting coroutine
-            error = raised
-        with contextlib.suppress(RuntimeError):  # the loop closed while we waited: nobody cares
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=call, name="registry-lookup", daemon=True).start()
-    return await future
