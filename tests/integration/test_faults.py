@@ -125,6 +125,31 @@ def test_sidecar_killed_leaves_no_worker_and_starts_again_at_once(
     assert again.get("/ping")[0] == 200
 
 
+def test_a_second_signal_forces_the_exit_and_kills_the_workers(
+    registry: Registry, start_sidecar: Callable[..., SidecarProcess]
+) -> None:
+    example = pd.DataFrame({"sleep": [0.0]})
+    version = register_from_code(registry.uri, "stubborn", "slow_model", example)
+    sidecar = start_sidecar(f"models:/stubborn/{version}", "--drain-timeout", "60")
+    sidecar.wait_active(version, timeout=120)
+    worker = sidecar.status()["active"]
+    members = group_members(worker["pid"])
+    answers: list = []
+    thread = slow_request(sidecar.url, 50.0, answers)  # would hold a graceful stop for 50 s
+    time.sleep(1)
+    sidecar.process.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert sidecar.process.poll() is None  # the first signal waits for the request
+    began = time.monotonic()
+    sidecar.process.send_signal(signal.SIGTERM)
+    assert sidecar.process.wait(10) == 1
+    assert time.monotonic() - began < 5
+    assert all(wait_gone(pid, 10) for pid in members), "a worker outlived the forced exit"
+    assert port_closed(worker["port"])
+    thread.join(30)
+    assert answers and answers[0][0] == "error"  # the one request cut short, nothing else
+
+
 def test_shutdown_delay_keeps_serving_with_ping_503_then_exits_0(
     registry: Registry, start_sidecar: Callable[..., SidecarProcess]
 ) -> None:
@@ -191,7 +216,7 @@ def test_a_version_that_never_gets_ready_is_rejected_after_the_startup_timeout(
     stuck = register_from_code(registry.uri, "sluggish", "slow_load_model")
     set_alias(registry.uri, "sluggish", "live", good)
     sidecar = start_sidecar(
-        "models:/sluggish@live", "--poll-interval", "0.5", "--startup-timeout", "8"
+        "models:/sluggish@live", "--poll-interval", "0.5", "--startup-timeout", "20"
     )
     sidecar.wait_active(good, timeout=120)
     set_alias(registry.uri, "sluggish", "live", stuck)
@@ -199,11 +224,11 @@ def test_a_version_that_never_gets_ready_is_rejected_after_the_startup_timeout(
         lambda s: any(h["result"] == "failed" for h in s["history"]), 60, "the rejection"
     )
     failed = next(h for h in sidecar.status()["history"] if h["result"] == "failed")
-    # The boot gets what the download left of the 8 s.
+    # The boot gets what the download left of the 20 s.
     waited = re.search(r"not ready after ([\d.]+) s", failed["error"])
     assert waited is not None, failed["error"]
     prepared = failed["steps"].get("download", 0.0)
-    assert float(waited.group(1)) == pytest.approx(8 - prepared, abs=0.05)
+    assert float(waited.group(1)) == pytest.approx(20 - prepared, abs=0.05)
     assert sidecar.status()["active"]["version"] == good
     assert sidecar.get("/ping")[0] == 200
 
