@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -20,14 +21,23 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(supervisor: Supervisor) -> AsyncIterator[Supervisor]:
-    task = asyncio.create_task(supervisor.run())
+async def in_background(loop: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run a component's `run()` loop for the body of the `with`, then cancel it."""
+    task = asyncio.create_task(loop)
     try:
-        yield supervisor
+        yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def running(supervisor: Supervisor) -> AsyncIterator[Supervisor]:
+    try:
+        async with in_background(supervisor.run()):
+            yield supervisor
+    finally:
         await supervisor.close()
 
 

@@ -25,7 +25,7 @@ from mlflow_bluegreen.worker.uri import parse_model_uri
 from mlflow_bluegreen.worker.watcher import Watcher
 
 from .fakes import Fleet
-from .test_swap import until
+from .test_swap import in_background, running, until
 
 LOG = "mlflow_bluegreen.worker.watcher"
 
@@ -57,29 +57,18 @@ def down() -> RegistryError:
 
 @contextlib.asynccontextmanager
 async def watching(watcher: Watcher) -> AsyncIterator[Watcher]:
-    task = asyncio.create_task(watcher.run())
-    try:
+    async with in_background(watcher.run()):
         yield watcher
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager
 async def serving(version: str) -> AsyncIterator[Supervisor]:
     """A supervisor (fake workers) with `version` active, so 'still serving' means something."""
     supervisor = Supervisor(Fleet(), drain_timeout=0.1, stop_grace=0.1)
-    task = asyncio.create_task(supervisor.run())
-    supervisor.want(version)
-    try:
+    async with running(supervisor):
+        supervisor.want(version)
         await until(lambda: supervisor.active is not None)
         yield supervisor
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await supervisor.close()
 
 
 def failure_lines(caplog: pytest.LogCaptureFixture, text: str) -> int:
