@@ -117,7 +117,7 @@ class WorkerCollector(Collector):
     """Per-worker figures read at scrape time, so the request path pays nothing for them:
     memory (what lingering costs), and answers and failures (how a canary compares)."""
 
-    def __init__(self, workers: Callable[[], dict[str, Worker]]) -> None:
+    def __init__(self, workers: Callable[[], list[tuple[str, Worker]]]) -> None:
         self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
@@ -137,8 +137,8 @@ class WorkerCollector(Collector):
             "Requests each running worker answered with a 5xx or not in time, since it started.",
             labels=labels,
         )
-        for role, worker in self._workers().items():
-            values = [worker.slot, worker.version, role.split("-")[0]]
+        for role, worker in self._workers():
+            values = [worker.slot, worker.version, role]
             rss.add_metric(values, worker.rss_bytes())
             answered.add_metric(values, worker.in_flight.answered)
             failed.add_metric(values, worker.in_flight.failed)

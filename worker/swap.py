@@ -62,6 +62,8 @@ class Worker(Protocol):
     async def wait_exit(self) -> int | None: ...
     def kill_now(self) -> None: ...
     def rss_bytes(self) -> int: ...
+    @property
+    def alive(self) -> bool: ...
     def status(self) -> dict[str, Any]: ...
 
 
@@ -207,7 +209,6 @@ class Supervisor:
         # A new version taking `canary_share` of the traffic before the switch.
         self.canary: Worker | None = None
         self.canary_share = 0.0
-        self.signature_blocks = 0
         self._lookup_seconds: float | None = None
 
     # -- what the watcher and the admin port call ----------------------------------------------
@@ -244,7 +245,7 @@ class Supervisor:
         """Switch to the lingering version now and stay on it, whatever the registry says,
         until `resume()`. NoRollback if no version lingers."""
         lingering = self.lingering
-        if lingering is None or not self._alive(lingering):
+        if lingering is None or not lingering.alive:
             raise NoRollback(
                 "no previous version is kept warm: start the sidecar with --linger to keep "
                 "one for that long after each swap"
@@ -307,22 +308,19 @@ class Supervisor:
                 return worker
         return None
 
-    def workers(self) -> dict[str, Worker]:
-        """Every worker that runs, by role."""
-        roles = {
-            "active": self.active,
-            "canary": self.canary,
-            "lingering": self.lingering,
-            "starting": self._starting if self._starting is not self.canary else None,
-        }
-        found = {role: w for role, w in roles.items() if w is not None}
-        for index, worker in enumerate(self._retiring):
-            found[f"retiring-{index}"] = worker
-        return found
+    def workers(self) -> list[tuple[str, Worker]]:
+        """Every worker that runs, with its role; each once (a canary is also `_starting`)."""
+        roles = [
+            ("active", self.active),
+            ("canary", self.canary),
+            ("lingering", self.lingering),
+            ("starting", self._starting if self._starting is not self.canary else None),
+            *(("retiring", w) for w in self._retiring),
+        ]
+        return [(role, w) for role, w in roles if w is not None]
 
     def in_flight(self) -> int:
-        workers = {self.active, self._starting, self.canary, self.lingering, *self._retiring}
-        return sum(w.in_flight.count for w in workers if w is not None)
+        return sum(w.in_flight.count for _role, w in self.workers())
 
     def failure_for(self, version: str) -> dict[str, Any] | None:
         failure = self._failures.get(version)
@@ -371,13 +369,9 @@ class Supervisor:
         busy = self.active.slot if self.active is not None else self._last_slot
         return SLOTS[1] if busy == SLOTS[0] else SLOTS[0]
 
-    @staticmethod
-    def _alive(worker: Worker) -> bool:
-        return bool(getattr(worker, "alive", True))
-
     def _can_switch_back(self, version: str) -> bool:
         lingering = self.lingering
-        return lingering is not None and lingering.version == version and self._alive(lingering)
+        return lingering is not None and lingering.version == version and lingering.alive
 
     async def _swap(self, version: str) -> None:
         if self.lingering is not None:
@@ -441,27 +435,33 @@ class Supervisor:
                 record.drained = await self._retire(old, record)
         self._succeeded(record, began)
 
-    def _switch_back(self, version: str) -> None:
-        """To the lingering worker: warm already, so no start, no warm-up, no drain to wait."""
-        worker = self.lingering
-        assert worker is not None
+    def _switch_to_lingering(self, cause: str) -> tuple[Worker, SwapRecord, float]:
+        """Make the lingering worker active: it is warm, so the switch is all there is to do.
+        Returns it, the swap's record (not finished yet) and when the swap began."""
         old = self.active
+        began = time.monotonic()
+        worker = self._take_lingering()
+        assert worker is not None
         record = SwapRecord(
-            to_version=version,
+            to_version=worker.version,
             from_version=old.version if old else None,
             slot=worker.slot,
-            cause=f"{self._next_cause} (to the lingering worker)",
+            cause=cause,
         )
-        began = time.monotonic()
-        self._cancel_linger_timer()
-        self.lingering = None
-        self.lingering_until = None
         self._set_active(worker)
         self._last_slot = worker.slot
-        self._next_cause = "registry moved"
-        self._failures.pop(version, None)
         _step_done(record, "switch", round(time.monotonic() - began, 6))
         self.observer.active_changed(worker)
+        return worker, record, began
+
+    def _switch_back(self, version: str) -> None:
+        """To the lingering worker: no start, no warm-up, no drain to wait."""
+        old = self.active
+        worker, record, began = self._switch_to_lingering(
+            f"{self._next_cause} (to the lingering worker)"
+        )
+        self._next_cause = "registry moved"
+        self._failures.pop(version, None)
         log.info(
             "swap %s -> %s: switched back to the lingering %s",
             record.from_version,
@@ -529,7 +529,6 @@ class Supervisor:
         _step_done(record, "signature", round(time.monotonic() - step, 3))
         problems = breaking_changes(before, after)
         if problems:
-            self.signature_blocks += 1
             raise WorkerFailed(
                 "signature",
                 f"inputs incompatible with version {old.version}: {'; '.join(problems)} "
@@ -680,11 +679,16 @@ class Supervisor:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    async def _end_linger(self, why: str) -> None:
+    def _take_lingering(self) -> Worker | None:
+        """The lingering worker, which lingers no more (its timer cancelled)."""
         worker = self.lingering
         self._cancel_linger_timer()
         self.lingering = None
         self.lingering_until = None
+        return worker
+
+    async def _end_linger(self, why: str) -> None:
+        worker = self._take_lingering()
         if worker is not None:
             log.info("stopping lingering %s v%s: %s", worker.slot, worker.version, why)
             await self._retire(worker)
@@ -720,22 +724,7 @@ class Supervisor:
     async def _fall_back(self, failed: Worker, reason: str) -> None:
         """The active worker is unfit: the lingering one takes the traffic at once, and the
         failed version is started again (the loop sees `wanted` is not served)."""
-        worker = self.lingering
-        assert worker is not None
-        self._cancel_linger_timer()
-        self.lingering = None
-        self.lingering_until = None
-        began = time.monotonic()
-        self._set_active(worker)
-        self._last_slot = worker.slot
-        self.observer.active_changed(worker)
-        record = SwapRecord(
-            to_version=worker.version,
-            from_version=failed.version,
-            slot=worker.slot,
-            cause=f"fallback: active worker {reason}",
-        )
-        _step_done(record, "switch", round(time.monotonic() - began, 6))
+        worker, record, began = self._switch_to_lingering(f"fallback: active worker {reason}")
         self._succeeded(record, began)
         log.error(
             "active %s v%s %s: traffic back on %s v%s; restarting %s",
@@ -765,7 +754,7 @@ class Supervisor:
                 return
             if self.active is not worker:
                 return
-            if self.lingering is not None and self._alive(self.lingering):
+            if self.lingering is not None and self.lingering.alive:
                 await self._fall_back(worker, f"exited with code {code}")
                 return
             log.error(
@@ -792,7 +781,7 @@ class Supervisor:
         for task in list(self._watchers):
             task.cancel()
         self._cancel_linger_timer()
-        workers = list(self.workers().values())
+        workers = [w for _role, w in self.workers()]
         self.lingering = None
         self.canary = None
         self._set_active(None)
@@ -802,7 +791,7 @@ class Supervisor:
             self.observer.worker_up(worker.slot, False)
 
     def kill_now(self) -> None:
-        for worker in self.workers().values():
+        for _role, worker in self.workers():
             worker.kill_now()
 
     def _describe(self, worker: Worker | None, **extra: Any) -> dict[str, Any] | None:
