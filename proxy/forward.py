@@ -286,12 +286,10 @@ class Forwarder:
                 log.warning("upstream failed mid-response: %r", error)
                 return errors.upstream_failed(repr(error))
             del headers[hdrs.CONTENT_LENGTH]
-            response: web.StreamResponse = web.Response(
+            # Not prepared yet: __call__ closes its connection when shutting down.
+            return web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
-            if self.closing:
-                response.force_close()
-            return response
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         if self.closing:

@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
+from .output import LINE_LIMIT, relay_lines
+
 # Local paths are served in place: nothing to fetch.
 _LOCAL_SCHEMES = frozenset({"", "file"})
 
@@ -75,12 +77,18 @@ class Step:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=self._preexec,  # only a prctl call: safe between fork and exec
-            limit=1 << 20,
+            limit=LINE_LIMIT,
         )
         lines: list[str] = []
+
+        def keep(line: str) -> None:
+            lines.append(line)
+            self._on_line(line)
+
         try:
             async with asyncio.timeout(timeout):
-                await self._relay(lines)
+                assert self._process.stdout is not None
+                await relay_lines(self._process.stdout, keep)
                 code = await self._process.wait()
         except TimeoutError:
             self.kill()
@@ -92,20 +100,6 @@ class Step:
         if code != 0:
             raise StepFailed(f"exited with code {code}", lines)
         return lines
-
-    async def _relay(self, lines: list[str]) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        while True:
-            try:
-                line = await self._process.stdout.readline()
-            except ValueError:  # one line over the limit: take it in pieces
-                line = await self._process.stdout.read(1 << 16)
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip()
-            if text:
-                lines.append(text)
-                self._on_line(text)
 
     def kill(self) -> None:
         """The whole group: conda and uv start children of their own."""

@@ -23,6 +23,7 @@ from typing import IO, Any
 import aiohttp
 
 from .inflight import InFlight
+from .output import LINE_LIMIT, relay_lines
 from .prefetch import Step, StepFailed, download_model, is_remote, prepare_env_command
 from .threads import in_daemon_thread
 
@@ -237,11 +238,9 @@ class WorkerProcess:
         log.info("%s: %s", name, " ".join(command), extra=self._log_extra)
         began = time.monotonic()
 
-        def relay(line: str) -> None:
-            self.output.append(line)
-            log.info("%s", line, extra=self._log_extra)
-
-        self._step = Step(command, self.spec.environment(), relay, _die_with(os.getpid()))
+        self._step = Step(
+            command, self.spec.environment(), self._note_output, _die_with(os.getpid())
+        )
         try:
             output = await self._step.run(max(self._prepare_deadline - time.monotonic(), 1.0))
         except StepFailed as error:
@@ -438,24 +437,18 @@ class WorkerProcess:
 
     async def _relay(self, pipe: IO[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
+        reader = asyncio.StreamReader(limit=LINE_LIMIT)
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
         try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # one line over the limit: relay it in pieces
-                    line = await reader.read(1 << 16)
-                if not line:
-                    return
-                text = line.decode(errors="replace").rstrip()
-                if text:
-                    self.output.append(text)
-                    log.info("%s", text, extra=self._log_extra)
+            await relay_lines(reader, self._note_output)
         finally:
             transport.close()
+
+    def _note_output(self, line: str) -> None:
+        self.output.append(line)
+        log.info("%s", line, extra=self._log_extra)
 
     def _failure(self, step: str, reason: str) -> WorkerFailed:
         lines = list(self.output)
