@@ -73,6 +73,15 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.webhooks = Counter(
+            PREFIX + "webhooks",
+            "Webhook deliveries on the admin port, by result: accepted (a registry lookup "
+            "was started), ignored (signed, but cannot change the served URI), rejected.",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("accepted", "ignored", "rejected"):
+            self.webhooks.labels(result)
         self.active_version.set(math.nan)
         for slot in SLOTS:
             self.workers_up.labels(slot).set(0)

@@ -33,13 +33,11 @@ import hmac
 import json
 import logging
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
 
 from ..worker.uri import ModelRef, Selector
 from .errors import mlflow_error
@@ -152,25 +150,6 @@ def relevance(ref: ModelRef, event: str, data: dict[str, Any]) -> str | None:
     return None if event in MODEL_EVENTS else f"{event} is not a model-registry event"
 
 
-_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-
-
-def _counter(registry: CollectorRegistry) -> Counter:
-    """mlflow_bluegreen_webhooks_total{result}, once per metrics registry."""
-    if registry not in _COUNTERS:
-        counter = Counter(
-            "mlflow_bluegreen_webhooks",
-            "Webhook deliveries on the admin port, by result: accepted (a registry lookup "
-            "was started), ignored (signed, but cannot change the served URI), rejected.",
-            ["result"],
-            registry=registry,
-        )
-        for result in ("accepted", "ignored", "rejected"):
-            counter.labels(result)
-        _COUNTERS[registry] = counter
-    return _COUNTERS[registry]
-
-
 class WebhookReceiver:
     """The `/webhook` handler of one sidecar (`handle`), with its replay memory."""
 
@@ -187,7 +166,7 @@ class WebhookReceiver:
         self._tolerance = tolerance
         self._clock = clock
         self._recent = RecentDeliveries(ttl=2 * tolerance)
-        self._counter = _counter(sidecar.metrics.registry)
+        self._counter = sidecar.metrics.webhooks
         self.received = 0
         self.last_accepted: dict[str, Any] | None = None
 
