@@ -52,8 +52,7 @@ def shutting_down() -> web.Response:
     )
 
 
-def version_not_served(asked: str, active: object | None) -> web.Response:
-    serving = getattr(active, "version", None)
+def version_not_served(asked: str, serving: str | None) -> web.Response:
     now = f" (serving {serving} now)" if serving is not None else ""
     return mlflow_error(
         404,

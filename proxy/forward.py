@@ -164,7 +164,8 @@ class Forwarder:
         if version is not None:
             worker = self._supervisor.worker_for(version.strip())
             if worker is None:
-                return errors.version_not_served(version, self._supervisor.active)
+                active = self._supervisor.active
+                return errors.version_not_served(version, active.version if active else None)
         else:
             worker = self._supervisor.route()
             if worker is None:
