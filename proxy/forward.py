@@ -74,7 +74,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _WorkerGone(Exception):
+class WorkerGone(Exception):
     """Nothing listens on the worker's port: it died and its exit is not yet noticed."""
 
 
@@ -125,10 +125,10 @@ class Forwarder:
         body_timeout: float = 60.0,
     ) -> None:
         self._supervisor = supervisor
-        self._observe = observe or (lambda _m, _s, _t: None)
+        self.observe = observe or (lambda _m, _s, _t: None)
         self._queue_timeout = queue_timeout
-        self._max_body_size = max_body_size
-        self._body_timeout = body_timeout
+        self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
         # Set on SIGTERM: /ping and /health say 503 so load balancers stop sending, and every
         # response closes its connection so clients reconnect to another replica.
         self.closing = False
@@ -143,50 +143,63 @@ class Forwarder:
                 response.force_close()
             return response
         finally:
-            self._observe(request.method, status, time.perf_counter() - started)
+            self.observe(request.method, status, time.perf_counter() - started)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if self.closing and request.path in _HEALTH_PATHS:
             return errors.shutting_down()
         length = request.content_length
-        if length is not None and length > self._max_body_size:
-            return errors.body_too_large(self._max_body_size)
+        if length is not None and length > self.max_body_size:
+            return errors.body_too_large(self.max_body_size)
         headers = request_headers(request.headers)
         try:
             data = await self._body(request, headers)
         except TimeoutError:
             return errors.body_timeout()
         except _BodyTooLarge:
-            return errors.body_too_large(self._max_body_size)
-        # A client may ask for the version it started a session with (active, lingering or
-        # canary); it goes to that worker or nowhere.
+            return errors.body_too_large(self.max_body_size)
         version = request.headers.get(VERSION_HEADER)
+        chosen = await self.choose_worker(request.path, version)
+        if isinstance(chosen, web.Response):
+            return chosen
+        worker = chosen
+        while True:
+            try:
+                return await self._forward(request, worker, headers, data)
+            except WorkerGone as error:
+                # The request never reached a worker: hold it for the restarted one.
+                replacement = None
+                if not isinstance(data, StreamedBody):
+                    replacement = await self.replacement(request.path, worker, version)
+                if replacement is None:
+                    return errors.upstream_failed(str(error))
+                worker = replacement
+            except _BodyTooLarge:
+                return errors.body_too_large(self.max_body_size)
+
+    async def choose_worker(self, path: str, version: str | None) -> Worker | web.Response:
+        """The worker for a request, or the answer to give instead."""
         if version is not None:
+            # A client may ask for the version it started a session with (active, lingering
+            # or canary); it goes to that worker or nowhere.
             worker = self._supervisor.worker_for(version.strip())
             if worker is None:
                 active = self._supervisor.active
                 return errors.version_not_served(version, active.version if active else None)
-        else:
-            worker = self._supervisor.route()
+            return worker
+        worker = self._supervisor.route()
+        if worker is None:
+            worker = await self._wait_for_worker(path, gone=None)
             if worker is None:
-                worker = await self._wait_for_worker(request, gone=None)
-                if worker is None:
-                    return errors.not_ready()
-        while True:
-            try:
-                return await self._forward(request, worker, headers, data)
-            except _WorkerGone as error:
-                # The request never reached a worker: hold it for the restarted one.
-                if isinstance(data, StreamedBody):
-                    return errors.upstream_failed(str(error))
-                replacement = await self._wait_for_worker(request, gone=worker)
-                if replacement is None or (
-                    version is not None and replacement.version != worker.version
-                ):
-                    return errors.upstream_failed(str(error))
-                worker = replacement
-            except _BodyTooLarge:
-                return errors.body_too_large(self._max_body_size)
+                return errors.not_ready()
+        return worker
+
+    async def replacement(self, path: str, gone: Worker, version: str | None) -> Worker | None:
+        """The worker to resend a request to that `gone` never received, if any."""
+        replacement = await self._wait_for_worker(path, gone=gone)
+        if replacement is None or (version is not None and replacement.version != gone.version):
+            return None
+        return replacement
 
     async def _body(
         self, request: web.BaseRequest, headers: CIMultiDict[str]
@@ -197,7 +210,7 @@ class Forwarder:
         if length is not None and length <= REPLAYABLE_BODY and request.content.is_eof():
             # The whole body came with the headers: nothing to wait for, no timer to arm.
             return await request.read()
-        async with asyncio.timeout(self._body_timeout):
+        async with asyncio.timeout(self.body_timeout):
             if length is not None and length <= REPLAYABLE_BODY:
                 return await request.read()
             # Unknown or large: hold up to the replay size, stream the rest.
@@ -205,20 +218,18 @@ class Forwarder:
             while len(prefix) <= REPLAYABLE_BODY:
                 chunk = await request.content.readany()
                 if not chunk:
-                    if len(prefix) > self._max_body_size:
+                    if len(prefix) > self.max_body_size:
                         raise _BodyTooLarge
                     return bytes(prefix)
                 prefix += chunk
         if length is not None:
             headers[hdrs.CONTENT_LENGTH] = str(length)
-        return StreamedBody(bytes(prefix), request.content, self._max_body_size, self._body_timeout)
+        return StreamedBody(bytes(prefix), request.content, self.max_body_size, self.body_timeout)
 
-    async def _wait_for_worker(
-        self, request: web.BaseRequest, gone: Worker | None
-    ) -> Worker | None:
+    async def _wait_for_worker(self, path: str, gone: Worker | None) -> Worker | None:
         """Hold a request while the active worker restarts; never before the first worker was
         ready (a sidecar still starting says so at once) and never for health checks."""
-        if request.path in _HEALTH_PATHS or not self._supervisor.served:
+        if path in _HEALTH_PATHS or not self._supervisor.served:
             return None
         return await self._supervisor.wait_for_worker(self._queue_timeout, exclude=gone)
 
@@ -243,7 +254,7 @@ class Forwarder:
                         request.method, url, headers=headers, data=data, allow_redirects=False
                     )
                 except aiohttp.ClientConnectorError as error:
-                    raise _WorkerGone(f"cannot connect: {error.os_error}") from error
+                    raise WorkerGone(f"cannot connect: {error.os_error}") from error
                 except _STALE_CONNECTION as error:
                     if isinstance(data, StreamedBody):
                         if data.exceeded:

@@ -22,6 +22,7 @@ from .admin import build_admin_app
 from .config import Config
 from .forward import Forwarder
 from .metrics import Metrics, WorkerCollector
+from .public_port import PublicPort
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +78,8 @@ class Sidecar:
         }
 
 
-def public_server(
-    forwarder: Forwarder, *, access_log: bool = False, keepalive_timeout: float = 75.0
-) -> web.Server:
-    """The low-level server of the public port: no router or middleware on the hot path."""
-    return web.Server(
-        forwarder,
-        # aiohttp has no separate header timeout: its keep-alive timer runs from the moment a
-        # connection opens until a request's headers are complete, so it also closes a client
-        # that trickles its headers (slowloris). Such a client never reaches a worker: one is
-        # chosen only once the body is in.
-        keepalive_timeout=keepalive_timeout,
-        # A client that goes away cancels its request, and so its upstream request: a worker
-        # does not keep computing answers nobody will read.
-        handler_cancellation=True,
-        auto_decompress=False,  # forward compressed bodies as they came
-        access_log=logging.getLogger("aiohttp.access") if access_log else None,
-    )
+def _cannot_listen(host: str, port: int, what: str, error: OSError) -> SystemExit:
+    return SystemExit(f"mlflow-bluegreen: cannot listen on {host}:{port} ({what}): {error}")
 
 
 async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -> None:
@@ -102,9 +88,7 @@ async def _start_site(runner: web.BaseRunner, host: str, port: int, what: str) -
         await web.TCPSite(runner, host, port).start()
     except OSError as error:
         await runner.cleanup()
-        raise SystemExit(
-            f"mlflow-bluegreen: cannot listen on {host}:{port} ({what}): {error}"
-        ) from error
+        raise _cannot_listen(host, port, what, error) from error
 
 
 async def serve(config: Config) -> int:
@@ -120,18 +104,18 @@ async def serve(config: Config) -> int:
         max_body_size=config.max_body_size,
         body_timeout=float(config.timeout),
     )
-    public = web.ServerRunner(
-        public_server(
-            forwarder, access_log=config.access_log, keepalive_timeout=config.keepalive_timeout
-        ),
-        shutdown_timeout=config.drain_timeout,
+    public = PublicPort(
+        forwarder, access_log=config.access_log, keepalive_timeout=config.keepalive_timeout
     )
+    try:
+        await public.start(config.host, config.port)
+    except OSError as error:
+        raise _cannot_listen(config.host, config.port, "public port", error) from error
     admin = web.AppRunner(build_admin_app(sidecar), access_log=None)
-    await _start_site(public, config.host, config.port, "public port")
     try:
         await _start_site(admin, config.admin_host, config.admin_port, "admin port")
     except SystemExit:
-        await public.cleanup()
+        await public.close(0)
         raise
 
     # A URI the registry says does not exist will not start existing by itself: stop now, loudly.
@@ -141,7 +125,7 @@ async def serve(config: Config) -> int:
         if error is not None and error.permanent:
             log.error("cannot serve %s: %s", config.model_uri, error)
             await admin.cleanup()
-            await public.cleanup()
+            await public.close(0)
             return 2
 
     stop = asyncio.Event()
@@ -188,7 +172,7 @@ async def serve(config: Config) -> int:
         log.info("shutting down: /ping answers 503, still serving for %g s", config.shutdown_delay)
         await asyncio.sleep(config.shutdown_delay)
     log.info("shutting down: no new connections, finishing in-flight requests")
-    await public.cleanup()  # stop accepting, wait for handlers (up to the drain timeout)
+    await public.close(config.drain_timeout)  # stop accepting, let answers finish
     for task in (*tasks, waiter):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

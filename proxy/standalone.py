@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import signal
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..worker.inflight import InFlight
@@ -21,7 +20,7 @@ from ..worker.swap import Supervisor
 from .cli import run_with_uvloop
 from .forward import Forwarder
 from .metrics import Metrics
-from .sidecar import public_server
+from .public_port import PublicPort
 
 
 class FixedUpstream:
@@ -31,6 +30,7 @@ class FixedUpstream:
         self.slot = "fixed"
         self.version = version
         self.base_url = base_url.rstrip("/")
+        self.read_timeout = timeout
         self.in_flight = InFlight()
         self.session = connection_pool(timeout, 1000)
         self.fresh_session = connection_pool(timeout, 1000, fresh=True)
@@ -40,18 +40,15 @@ async def run(upstream: str, host: str, port: int, version: str) -> int:
     supervisor = Supervisor(lambda slot, version: None)  # type: ignore[arg-type, return-value]
     supervisor.active = FixedUpstream(upstream, version)  # type: ignore[assignment]
     metrics = Metrics(CollectorRegistry(), in_flight=supervisor.in_flight)
-    runner = web.ServerRunner(
-        public_server(Forwarder(supervisor, metrics.observe_request)), shutdown_timeout=5
-    )
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    public = PublicPort(Forwarder(supervisor, metrics.observe_request))
+    await public.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     print(f"proxying http://{host}:{port} -> {upstream}", flush=True)
     await stop.wait()
-    await runner.cleanup()
+    await public.close(5)
     return 0
 
 

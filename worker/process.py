@@ -161,6 +161,8 @@ class WorkerProcess:
         self.session: aiohttp.ClientSession | None = None
         self.fresh_session: aiohttp.ClientSession | None = None
         self.base_url = ""
+        # The worker answers 504 itself after `timeout`; this only catches one that hangs.
+        self.read_timeout = float(spec.timeout + 10)
         self._popen: subprocess.Popen[bytes] | None = None
         self._exited = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -192,9 +194,8 @@ class WorkerProcess:
         )
         self.pid = self._popen.pid
         self.started_at = time.monotonic()
-        read_timeout = self.spec.timeout + 10  # the worker answers 504 itself after `timeout`
-        self.session = connection_pool(read_timeout, self.spec.connections)
-        self.fresh_session = connection_pool(read_timeout, self.spec.connections, fresh=True)
+        self.session = connection_pool(self.read_timeout, self.spec.connections)
+        self.fresh_session = connection_pool(self.read_timeout, self.spec.connections, fresh=True)
         assert self._popen.stdout is not None
         self._tasks = [
             asyncio.create_task(self._relay(self._popen.stdout), name=f"relay-{self.slot}"),

@@ -47,6 +47,8 @@ class Worker(Protocol):
     pid: int | None
     port: int | None
     base_url: str
+    read_timeout: float
+    """Seconds to wait for the worker's next bytes of an answer."""
     session: aiohttp.ClientSession | None
     fresh_session: aiohttp.ClientSession | None
     """A pool that never reuses a connection: for the one retry after a stale keep-alive."""

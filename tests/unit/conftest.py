@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from .proxying import echo_upstream, make_proxy, proxy  # noqa: F401 - shared fixtures
+
 HERE = Path(__file__).parent
 
 

@@ -57,6 +57,7 @@ class FakeWorker:
         self.pid: int | None = None
         self.port: int | None = None
         self.base_url = "http://fake"
+        self.read_timeout = 5.0
         self.session = None
         self.fresh_session = None
         self.timings: dict[str, float] = {}

@@ -1,0 +1,567 @@
+"""The public port: a lean HTTP/1.1 relay for the common request, aiohttp for every other one.
+
+Nearly every request a model server sees is small: a body with a Content-Length, answered with
+one response. Those are parsed here with httptools and relayed over raw keep-alive connections
+(upstream.py). Through aiohttp's server and client the same request cost about five times the
+CPU, on the core the worker needs (figures in benchmarks/README.md).
+
+Anything else goes to aiohttp's server and `Forwarder`, with the bytes read so far, untouched:
+a chunked, large or slow-to-start body, Expect, HEAD, an upgrade, pipelining, a request llhttp
+rejects (aiohttp answers it 400), and every request once the sidecar is shutting down. The
+handover happens before anything was forwarded and the connection stays with aiohttp after it,
+so each of those behaviours has one implementation. Both paths share the Forwarder's routing
+(choose_worker, replacement), its limits and its request metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from email.utils import formatdate
+from typing import Any
+
+import httptools
+from aiohttp import web
+from yarl import URL
+
+from ..worker.swap import Worker
+from . import errors
+from .forward import HOP_BY_HOP, REPLAYABLE_BODY, Forwarder, WorkerGone
+from .upstream import BrokenResponse, StaleConnection, UpstreamConnection, UpstreamPool
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("aiohttp.access")
+
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+# Request headers the fast path does not copy: hop-by-hop ones, those rewritten for the worker
+# (Host, Content-Length), Expect (answered here, before the body is read), our routing header.
+_NOT_COPIED = _HOP_BY_HOP | {b"host", b"content-length", b"x-model-version", b"expect"}
+# Requests these headers describe need aiohttp's handling (see the module docstring).
+_HANDED_OVER = frozenset({b"transfer-encoding", b"upgrade"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUSES = frozenset({204, 304})
+_METHODS: dict[bytes, str] = {}
+
+
+def public_server(
+    forwarder: Forwarder, *, access_log: bool = False, keepalive_timeout: float = 75.0
+) -> web.Server:
+    """aiohttp's low-level server, for the requests the fast path hands over."""
+    return web.Server(
+        forwarder,
+        # aiohttp has no separate header timeout: its keep-alive timer runs from the moment a
+        # connection opens until a request's headers are complete, so it also closes a client
+        # that trickles its headers (slowloris). Such a client never reaches a worker: one is
+        # chosen only once the body is in.
+        keepalive_timeout=keepalive_timeout,
+        # A client that goes away cancels its request, and so its upstream request: a worker
+        # does not keep computing answers nobody will read.
+        handler_cancellation=True,
+        auto_decompress=False,  # forward compressed bodies as they came
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+
+
+class PublicPort:
+    """Listens on the public address; owns the client connections and the upstream pools."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        *,
+        access_log: bool = False,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.forwarder = forwarder
+        self.access_log = access_log
+        self.keepalive_timeout = keepalive_timeout
+        self.handover = public_server(
+            forwarder, access_log=access_log, keepalive_timeout=keepalive_timeout
+        )
+        self.connections: set[PublicConnection] = set()
+        self._all_closed = asyncio.Event()
+        self._pools: dict[str, UpstreamPool] = {}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: PublicConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def pool_for(self, worker: Worker) -> UpstreamPool:
+        pool = self._pools.get(worker.base_url)
+        if pool is None:
+            # A new address means a new worker: forget pools of workers that are gone.
+            for address, old in list(self._pools.items()):
+                if old.open <= 0:
+                    del self._pools[address]
+            url = URL(worker.base_url)
+            assert url.host is not None and url.port is not None
+            pool = self._pools[worker.base_url] = UpstreamPool(url.host, url.port)
+        return pool
+
+    def connection_closed(self, connection: PublicConnection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._all_closed.set()
+
+    async def close(self, timeout: float) -> None:
+        """Stop accepting, let requests in progress finish (up to `timeout`), close the rest."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        self.handover.pre_shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                if self.connections:
+                    self._all_closed.clear()
+                    await self._all_closed.wait()
+        for connection in list(self.connections):
+            connection.abort()
+        await self.handover.shutdown(timeout)
+        for pool in self._pools.values():
+            pool.close()
+
+
+class PublicConnection(asyncio.Protocol):
+    """One client connection, served one request at a time until it is handed over."""
+
+    def __init__(self, port: PublicPort) -> None:
+        self._port = port
+        self._forwarder = port.forwarder
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._read: list[bytes] = []  # bytes since the last request boundary
+        self._stash: list[bytes] = []  # bytes that came while a request was being answered
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        self._idle_deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._upstream: UpstreamConnection | None = None
+        self._closing = False
+        self._reset_request()
+        self._reset_response(b"")
+
+    def _reset_request(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._headers_done = False
+        self._complete = False
+        self._hand_over = False
+        self._copied = b""
+        self._version: bytes | None = None
+        self._length: int | None = None
+        self._keep_alive = True
+        self._http11 = True
+        self._expects_continue = False
+
+    def _reset_response(self, version: bytes) -> None:
+        self._model_version = version
+        self._out: list[bytes] = []
+        self._head_sent = False
+        self._chunked = False
+        self._close_after = False
+        self._status = 499  # nginx's code for a client that went away before the answer
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._port.connections.add(self)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._busy:
+            # Pipelined: answered in order once this request is done.
+            self._stash.append(data)
+            assert self.transport is not None
+            self.transport.pause_reading()
+            return
+        self._read.append(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._give_to_aiohttp()  # it answers 400 as for any bad request
+            return
+        if self._hand_over:
+            self._give_to_aiohttp()
+        elif self._complete:
+            self._dispatch()
+        elif self._headers_done and self._body_timer is None:
+            self._body_timer = self._loop.call_later(
+                self._forwarder.body_timeout, self._body_timed_out
+            )
+            if self._expects_continue:  # the client waits for this before sending its body
+                assert self.transport is not None
+                self.transport.write(_CONTINUE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._port.connection_closed(self)
+        self._cancel_timers()
+        if self._task is not None:
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the worker answers: stop reading the worker.
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None and self._upstream.transport is not None:
+            self._upstream.transport.resume_reading()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second request in the same read: pipelining
+            self._hand_over = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._hand_over:
+            return
+        self._headers_done = True
+        parser = self._parser
+        copied: list[bytes] = []
+        listed: bytes | None = None
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered in _NOT_COPIED or lowered in _HANDED_OVER:
+                if lowered in _HANDED_OVER:
+                    self._hand_over = True
+                elif lowered == b"content-length":
+                    self._length = int(value)  # llhttp has checked it
+                elif lowered == b"connection":
+                    listed = value if listed is None else listed + b"," + value
+                elif lowered == b"x-model-version" and self._version is None:
+                    self._version = value
+                elif lowered == b"expect":
+                    if value.lower() == b"100-continue":
+                        self._expects_continue = True
+                    else:
+                        self._hand_over = True  # aiohttp's answer to what we do not know
+                continue
+            copied.append(b"%s: %s\r\n" % (name, value))
+        if listed is not None:
+            copied = _without_listed(copied, listed)
+        self._copied = b"".join(copied)
+        self._keep_alive = parser.should_keep_alive()
+        self._http11 = parser.get_http_version() == "1.1"
+        if (
+            parser.get_method() == b"HEAD"
+            or parser.should_upgrade()
+            or self._forwarder.closing
+            or (
+                self._length is not None
+                and self._length > min(REPLAYABLE_BODY, self._forwarder.max_body_size)
+            )
+        ):
+            self._hand_over = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- the request's way -----------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        self._busy = True
+        self._read = []
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        method = self._parser.get_method()
+        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._task = self._loop.create_task(self._serve(method, body))
+
+    async def _serve(self, method: bytes, body: bytes) -> None:
+        started = time.perf_counter()
+        self._reset_response(b"")
+        try:
+            await self._answer(method, body)
+        except Exception:
+            log.exception("failed to answer %s %s", method, self._url)
+            self._broken_or(errors.upstream_failed("internal error in the sidecar"))
+        finally:
+            seconds = time.perf_counter() - started
+            name = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("ascii"))
+            self._forwarder.observe(name, self._status, seconds)
+            if self._port.access_log:
+                self._log_access(name, seconds)
+            self._request_done()
+
+    async def _answer(self, method: bytes, body: bytes) -> None:
+        path = self._url.partition(b"?")[0].decode("latin-1")
+        version = self._version.decode("latin-1") if self._version is not None else None
+        chosen = await self._forwarder.choose_worker(path, version)
+        if isinstance(chosen, web.Response):
+            self._own_answer(chosen)
+            return
+        worker = chosen
+        while True:
+            try:
+                await self._relay(worker, method, body)
+                return
+            except WorkerGone as error:
+                # The request never reached a worker: hold it for the restarted one.
+                replacement = await self._forwarder.replacement(path, worker, version)
+                if replacement is None:
+                    self._own_answer(errors.upstream_failed(str(error)))
+                    return
+                worker = replacement
+
+    async def _relay(self, worker: Worker, method: bytes, body: bytes) -> None:
+        pool = self._port.pool_for(worker)
+        length = b"" if self._length is None and not body else b"Content-Length: %d\r\n" % len(body)
+        head = b"%s %s HTTP/1.1\r\nHost: %s:%d\r\n%s%s\r\n" % (
+            method,
+            self._url,
+            pool.host.encode(),
+            pool.port,
+            self._copied,
+            length,
+        )
+        # Counted before the first await: a swap that switches away from this worker now will
+        # wait for this request before stopping it.
+        worker.in_flight.enter()
+        failed = True  # unless the answer below says otherwise: counts against a canary
+        try:
+            for fresh in (False, True):
+                try:
+                    connection = await pool.acquire(fresh)
+                except (OSError, TimeoutError) as error:
+                    raise WorkerGone(f"cannot connect: {error}") from error
+                self._reset_response(worker.version.encode())
+                self._upstream = connection
+                try:
+                    status = await connection.exchange(head, body, self, worker.read_timeout)
+                except StaleConnection as error:
+                    if not fresh:  # once more, on a connection of its own
+                        log.debug("retrying %s after %s", self._url, error)
+                        continue
+                    self._own_answer(errors.upstream_failed(str(error)))
+                    return
+                except TimeoutError:
+                    self._broken_or(errors.upstream_timeout())
+                    return
+                except BrokenResponse as error:
+                    log.warning("upstream failed mid-response: %s", error)
+                    self._broken_or(errors.upstream_failed(str(error)))
+                    return
+                finally:
+                    self._upstream = None
+                pool.release(connection)
+                failed = status >= 500
+                return
+        except asyncio.CancelledError:
+            failed = False  # the client went away: not the worker's fault
+            raise
+        finally:
+            worker.in_flight.leave(failed)
+
+    def _broken_or(self, answer: web.Response) -> None:
+        if self._head_sent:
+            # Headers are out: all we can do is cut the connection so the client sees a broken
+            # response rather than a short one that looks whole.
+            self._close_after = True
+            assert self.transport is not None
+            self.transport.close()
+        else:
+            self._own_answer(answer)
+
+    def _request_done(self) -> None:
+        self._task = None
+        self._busy = False
+        self._reset_request()
+        transport = self.transport
+        assert transport is not None
+        if (
+            self._close_after
+            or not self._keep_alive
+            or self._forwarder.closing
+            or self._closing
+            or transport.is_closing()
+        ):
+            transport.close()
+            return
+        self._idle_deadline = self._loop.time() + self._port.keepalive_timeout
+        if self._idle_timer is None:
+            self._arm_idle_timer()
+        if self._stash:
+            data = b"".join(self._stash)
+            self._stash = []
+            transport.resume_reading()
+            self.data_received(data)
+
+    # -- the answer, as upstream.ResponseSink ----------------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._status = status
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        listed: bytes | None = None
+        has_length = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in _HOP_BY_HOP:
+                if lowered == b"connection":
+                    listed = value if listed is None else listed + b"," + value
+                continue
+            if lowered == b"content-length":
+                has_length = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if listed is not None:
+            lines = lines[:1] + _without_listed(lines[1:], listed)
+        lines.append(b"X-Model-Version: %s\r\n" % self._model_version)
+        if not has_length and status not in _NO_BODY_STATUSES:
+            if self._http11:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                self._chunked = True
+            else:
+                self._close_after = True  # an HTTP/1.0 client reads to the end
+        if self._close_after or not self._keep_alive or self._forwarder.closing or self._closing:
+            self._close_after = True
+            lines.append(b"Connection: close\r\n")
+        elif not self._http11:
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        self._out.append(b"".join(lines))
+
+    def response_body(self, data: bytes) -> None:
+        if self._chunked:
+            self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self._out.append(data)
+
+    def response_flush(self) -> None:
+        if self._out:
+            out = self._out
+            self._out = []
+            assert self.transport is not None
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self._head_sent = True
+
+    def response_end(self) -> None:
+        if self._chunked:
+            self._out.append(b"0\r\n\r\n")
+        self.response_flush()
+
+    def _own_answer(self, response: web.Response) -> None:
+        """An answer of the sidecar's own (errors.py), written as aiohttp would."""
+        self._status = response.status
+        self._out = []
+        body = response.body
+        assert isinstance(body, bytes)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason.encode())]
+        for name, value in response.headers.items():
+            if name.lower() != "content-length":
+                lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), _http_date()))
+        if not self._keep_alive or self._forwarder.closing or self._closing:
+            self._close_after = True
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        lines.append(body)
+        assert self.transport is not None
+        self.transport.write(b"".join(lines))
+
+    # -- time limits and handover ----------------------------------------------------------
+
+    def _arm_idle_timer(self) -> None:
+        self._idle_deadline = self._loop.time() + self._port.keepalive_timeout
+        self._idle_timer = self._loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        # One timer per connection, moved forward lazily: a request only notes the time.
+        self._idle_timer = None
+        if self._busy or self._headers_done:
+            return  # re-armed when the answer is out; a body has its own limit
+        if self._loop.time() < self._idle_deadline:
+            self._idle_timer = self._loop.call_at(self._idle_deadline, self._idle_check)
+        elif self.transport is not None:
+            # Idle too long, or headers trickling in too slowly (slowloris): close.
+            self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._busy or self._complete:
+            return
+        self._keep_alive = False
+        self._own_answer(errors.body_timeout())
+        self._forwarder.observe(self._parser.get_method().decode("ascii"), 408, 0.0)
+        assert self.transport is not None
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._idle_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._body_timer = None
+
+    def _give_to_aiohttp(self) -> None:
+        """Hand this connection, and every byte read since the last answer, to aiohttp."""
+        transport = self.transport
+        assert transport is not None
+        self._cancel_timers()
+        self._port.connection_closed(self)
+        data = b"".join(self._read)
+        self._read = []
+        handler = self._port.handover()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    def close_when_idle(self) -> None:
+        """Shutting down: close now if no request is being answered, else after its answer."""
+        self._closing = True
+        if not self._busy and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _log_access(self, method: str, seconds: float) -> None:
+        peer: Any = self.transport.get_extra_info("peername") if self.transport else None
+        access_log.info(
+            '%s "%s %s HTTP/%s" %d %.6f',
+            peer[0] if peer else "-",
+            method,
+            self._url.decode("latin-1"),
+            "1.1" if self._http11 else "1.0",
+            self._status,
+            seconds,
+        )
+
+
+def _without_listed(lines: list[bytes], listed: bytes) -> list[bytes]:
+    """`lines` ("Name: value\\r\\n") without the headers a Connection header names."""
+    names = {token.strip().lower() for token in listed.split(b",") if token.strip()}
+    return [line for line in lines if line.partition(b":")[0].lower() not in names]
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]

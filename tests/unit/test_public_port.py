@@ -1,0 +1,363 @@
+"""The public port's fast path: which requests it keeps, which it hands to aiohttp, and that both
+give the same answers. The behaviours common to both paths are in test_forward.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from .proxying import Proxy, Upstream
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """One HTTP/1.1 answer: status line, headers (lower-cased), body by its length or chunks."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if b"content-length" in headers:
+        return lines[0], headers, await reader.readexactly(int(headers[b"content-length"]))
+    if headers.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            body += (await reader.readexactly(size + 2))[:-2]
+            if size == 0:
+                return lines[0], headers, body
+    return lines[0], headers, await reader.read()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[tuple[int, list[int]]]]]:
+    """A raw upstream answering as `script` says; returns its port and a list that counts the
+    connections it accepted."""
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> tuple[int, list[int]]:
+        accepted: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(1)
+            try:
+                await script(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return server.sockets[0].getsockname()[1], accepted
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def keep_answering(body: bytes, **framing: bool) -> Script:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            if framing.get("chunked"):
+                half = len(body) // 2
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + b"%x\r\n%s\r\n" % (half, body[:half])
+                )
+                await writer.drain()
+                await asyncio.sleep(0.01)  # two reads on our side, not one
+                rest = body[half:]
+                writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    return script
+
+
+async def test_small_requests_stay_on_the_fast_path_and_share_one_upstream_connection(
+    proxy: Proxy,
+) -> None:
+    async with aiohttp.ClientSession() as client:
+        for index in range(20):
+            async with client.post(proxy.url + "/invocations", data=b"[%d]" % index) as response:
+                assert response.status == 200
+                seen = await response.json()
+                assert seen["sha256"] == hashlib.sha256(b"[%d]" % index).hexdigest()
+    assert len(proxy.public.handover.connections) == 0  # aiohttp never saw one
+    assert [status for _m, status, _t in proxy.seen] == [200] * 20
+    pools = list(proxy.public._pools.values())
+    assert len(pools) == 1 and pools[0].open == 1
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /invocations HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\n1,2\r\n0\r\n\r\n",
+        # An expectation we do not know: aiohttp's answer, whatever it is.
+        b"POST /invocations HTTP/1.1\r\nHost: a\r\nExpect: something\r\n"
+        b"Content-Length: 3\r\n\r\n1,2",
+    ],
+)
+async def test_unusual_requests_are_handed_to_aiohttp_and_answered(
+    proxy: Proxy, request_bytes: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request_bytes)
+    status, headers, body = await read_answer(reader)
+    assert status.startswith(b"HTTP/1.1 200")
+    assert headers[b"x-model-version"] == b"7"
+    assert json.loads(body)["sha256"] == hashlib.sha256(b"1,2").hexdigest()
+    assert len(proxy.public.handover.connections) == 1
+    writer.close()
+
+
+async def test_head_is_answered_without_a_body(proxy: Proxy) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"HEAD /ping HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"X-Model-Version: 7" in head
+    writer.write(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")  # nothing left over before it
+    assert json.loads((await read_answer(reader))[2])["path_qs"] == "/after"
+    writer.close()
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(proxy: Proxy) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(
+        b"POST /invocations HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 3\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"1,2")
+    status, _headers, body = await read_answer(reader)
+    assert status.startswith(b"HTTP/1.1 200")
+    seen = json.loads(body)
+    assert seen["sha256"] == hashlib.sha256(b"1,2").hexdigest()
+    assert "expect" not in {name.lower() for name, _v in seen["headers"]}
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(proxy: Proxy) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(
+        b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n1"
+        b"POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n2"
+    )
+    paths = [json.loads((await read_answer(reader))[2])["path_qs"] for _ in range(2)]
+    assert paths == ["/one", "/two"]
+    # The next request, sent while nothing is pending, is answered too.
+    writer.write(b"GET /three HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert json.loads((await read_answer(reader))[2])["path_qs"] == "/three"
+    writer.close()
+
+
+async def test_a_request_sent_while_the_previous_is_answered_waits_its_turn(
+    make_proxy: Any, echo_upstream: TestServer
+) -> None:
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /slow?s=0.2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.05)  # the first is at the worker now
+    writer.write(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    first = json.loads((await read_answer(reader))[2])
+    second = json.loads((await read_answer(reader))[2])
+    assert (first["path_qs"], second["path_qs"]) == ("/slow?s=0.2", "/after")
+    assert len(proxy.public.handover.connections) == 0
+    writer.close()
+
+
+async def test_a_request_that_arrives_in_pieces_stays_on_the_fast_path(proxy: Proxy) -> None:
+    request = b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    for index in range(0, len(request), 7):
+        writer.write(request[index : index + 7])
+        await writer.drain()
+        await asyncio.sleep(0.005)
+    status, _headers, body = await read_answer(reader)
+    assert status.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["sha256"] == hashlib.sha256(b"hello world").hexdigest()
+    assert len(proxy.public.handover.connections) == 0
+    writer.close()
+
+
+async def test_a_chunked_answer_is_rechunked_for_http11_and_read_to_close_for_http10(
+    make_proxy: Any, scripted: Any
+) -> None:
+    body = bytes(range(256)) * 300
+    port, _accepted = await scripted(keep_answering(body, chunked=True))
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    _status, headers, received = await read_answer(reader)
+    assert headers[b"transfer-encoding"] == b"chunked"
+    assert headers[b"x-model-version"] == b"7"
+    assert received == body
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /x HTTP/1.0\r\n\r\n")
+    _status, headers, received = await read_answer(reader)  # no length: read to the end
+    assert b"transfer-encoding" not in headers
+    assert headers[b"connection"] == b"close"
+    assert received == body
+    writer.close()
+
+
+async def test_a_large_answer_streams_to_a_slow_reader_intact(
+    make_proxy: Any, scripted: Any
+) -> None:
+    body = bytes(i % 253 for i in range(4 * 1024 * 1024))
+    port, _accepted = await scripted(keep_answering(body))
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1 << 16)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(body) in head
+    received = bytearray()
+    while len(received) < len(body):
+        received += await reader.read(1 << 16)
+        if len(received) < 1 << 20:
+            await asyncio.sleep(0.001)  # slow at first: the proxy must hold back, not buffer
+    assert bytes(received) == body
+    writer.close()
+
+
+async def test_connection_close_from_the_client_is_honoured(proxy: Proxy) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    _status, headers, _body = await read_answer(reader)
+    assert headers[b"connection"] == b"close"
+    assert await reader.read() == b""
+    writer.close()
+
+
+async def test_an_answer_cut_after_its_headers_closes_the_client_connection(
+    make_proxy: Any, scripted: Any
+) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+
+    port, _accepted = await scripted(cut)
+    upstream = Upstream(f"http://127.0.0.1:{port}")
+    proxy = await make_proxy(upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)  # the proxy closes: no hang
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"only part")
+    writer.close()
+    # A worker that cut its answer short failed it: that counts against a canary.
+    assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 1)
+
+
+async def test_a_malformed_answer_is_502(make_proxy: Any, scripted: Any) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    port, _accepted = await scripted(garbage)
+    upstream = Upstream(f"http://127.0.0.1:{port}")
+    proxy = await make_proxy(upstream)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.url + "/x") as response,
+    ):
+        assert response.status == 502
+        assert (await response.json())["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 1)
+
+
+async def test_an_idle_upstream_connection_the_worker_closed_is_not_reused(
+    make_proxy: Any, scripted: Any
+) -> None:
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()  # then closes, as uvicorn does after its keep-alive timeout
+
+    port, accepted = await scripted(one_answer)
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    async with aiohttp.ClientSession() as client:
+        for _ in range(3):
+            async with client.get(proxy.url + "/x") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+            await asyncio.sleep(0.05)
+    assert len(accepted) == 3
+
+
+async def test_shutdown_finishes_the_answer_in_progress_and_closes_idle_connections(
+    make_proxy: Any, echo_upstream: TestServer
+) -> None:
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"))
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    busy_writer.write(b"GET /slow?s=0.3 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.1)
+    closing = asyncio.create_task(proxy.public.close(5))
+    assert await asyncio.wait_for(idle_reader.read(), 1) == b""  # closed at once
+    _status, headers, body = await read_answer(busy_reader)
+    assert json.loads(body)["path_qs"] == "/slow?s=0.3"
+    assert headers[b"connection"] == b"close"
+    await asyncio.wait_for(closing, 2)
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", proxy.port)
+    idle_writer.close()
+    busy_writer.close()
+
+
+async def test_the_access_log_is_written_when_asked_for(
+    make_proxy: Any, echo_upstream: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"))
+    proxy.public.access_log = True
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(proxy.url + "/invocations?a=1", data=b"{}") as response,
+        ):
+            await response.read()
+    ours = [r for r in caplog.records if r.pathname.endswith("public_port.py")]  # not echo's
+    lines = [r.getMessage() for r in ours if r.name == "aiohttp.access"]
+    assert len(lines) == 1
+    assert '"POST /invocations?a=1 HTTP/1.1" 200' in lines[0]
+
+
+async def test_answers_on_both_paths_carry_the_same_headers(
+    make_proxy: Any, echo_upstream: TestServer
+) -> None:
+    """The fast path and aiohttp's path must not be told apart by a client."""
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{echo_upstream.port}"))
+
+    async def names(request: bytes) -> set[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(request)
+        _status, headers, _body = await read_answer(reader)
+        writer.close()
+        return set(headers) - {b"content-length", b"transfer-encoding"}
+
+    fast = await names(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n1,2")
+    handed = await names(
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n1,2\r\n0\r\n\r\n"
+    )
+    assert fast == handed
+    assert b"x-model-version" in fast
