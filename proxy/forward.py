@@ -177,6 +177,10 @@ class Forwarder:
             except _BodyTooLarge:
                 return errors.body_too_large(self.max_body_size)
 
+    def serving_now(self) -> Worker | None:
+        """The worker for a request that names no version, when one is ready now."""
+        return self._supervisor.route()
+
     async def choose_worker(self, path: str, version: str | None) -> Worker | web.Response:
         """The worker for a request, or the answer to give instead."""
         if version is not None:

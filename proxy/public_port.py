@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from email.utils import formatdate
 from typing import Any
 
@@ -28,7 +29,7 @@ from yarl import URL
 
 from ..worker.swap import Worker
 from . import errors
-from .forward import HOP_BY_HOP, REPLAYABLE_BODY, Forwarder, WorkerGone
+from .forward import HOP_BY_HOP, REPLAYABLE_BODY, Forwarder
 from .upstream import BrokenResponse, StaleConnection, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,11 @@ class PublicConnection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._upstream: UpstreamConnection | None = None
+        self._worker: Worker | None = None
+        self._fresh = False
+        self._method = b""
+        self._request_body = b""
+        self._started = 0.0
         self._closing = False
         self._reset_request()
         self._reset_response(b"")
@@ -207,17 +213,26 @@ class PublicConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._port.connection_closed(self)
         self._cancel_timers()
+        if not self._busy:
+            return
+        # The client went away mid-request: stop waiting, drop the worker's answer (a worker
+        # does not keep computing answers nobody will read), and do not hold it against it.
         if self._task is not None:
             self._task.cancel()
+        if self._upstream is not None:
+            self._upstream.abandon()
+            self._upstream = None
+        self._status = 499
+        self._finish(failed=False)
 
     def pause_writing(self) -> None:
         # The client reads slower than the worker answers: stop reading the worker.
-        if self._upstream is not None and self._upstream.transport is not None:
-            self._upstream.transport.pause_reading()
+        if self._upstream is not None:
+            self._upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._upstream is not None and self._upstream.transport is not None:
-            self._upstream.transport.resume_reading()
+        if self._upstream is not None:
+            self._upstream.resume_reading()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -279,6 +294,11 @@ class PublicConnection(asyncio.Protocol):
         self._complete = True
 
     # -- the request's way -----------------------------------------------------------------
+    #
+    # When a worker is serving and one of its pooled connections is idle, the request is sent
+    # at once and its answer comes back through callbacks (exchange_done, exchange_failed):
+    # no task, no future. A task is made only to wait: for a worker to be ready, to connect,
+    # or for the one retry after a stale connection.
 
     def _dispatch(self) -> None:
         self._busy = True
@@ -286,94 +306,125 @@ class PublicConnection(asyncio.Protocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        method = self._parser.get_method()
-        body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-        self._task = self._loop.create_task(self._serve(method, body))
-
-    async def _serve(self, method: bytes, body: bytes) -> None:
-        started = time.perf_counter()
+        self._method = self._parser.get_method()
+        self._request_body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._started = time.perf_counter()
         self._reset_response(b"")
-        try:
-            await self._answer(method, body)
-        except Exception:
-            log.exception("failed to answer %s %s", method, self._url)
-            self._broken_or(errors.upstream_failed("internal error in the sidecar"))
-        finally:
-            seconds = time.perf_counter() - started
-            name = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("ascii"))
-            self._forwarder.observe(name, self._status, seconds)
-            if self._port.access_log:
-                self._log_access(name, seconds)
-            self._request_done()
-
-    async def _answer(self, method: bytes, body: bytes) -> None:
-        path = self._url.partition(b"?")[0].decode("latin-1")
-        version = self._version.decode("latin-1") if self._version is not None else None
-        chosen = await self._forwarder.choose_worker(path, version)
-        if isinstance(chosen, web.Response):
-            self._own_answer(chosen)
-            return
-        worker = chosen
-        while True:
-            try:
-                await self._relay(worker, method, body)
+        worker = self._forwarder.serving_now() if self._version is None else None
+        if worker is not None:
+            connection = self._port.pool_for(worker).idle()
+            if connection is not None:
+                self._use(worker)
+                self._send(connection, fresh=False)
                 return
-            except WorkerGone as error:
-                # The request never reached a worker: hold it for the restarted one.
-                replacement = await self._forwarder.replacement(path, worker, version)
-                if replacement is None:
-                    self._own_answer(errors.upstream_failed(str(error)))
-                    return
-                worker = replacement
+        self._task = self._loop.create_task(self._guarded(self._route_and_send(worker)))
 
-    async def _relay(self, worker: Worker, method: bytes, body: bytes) -> None:
-        pool = self._port.pool_for(worker)
+    async def _guarded(self, steps: Awaitable[None]) -> None:
+        try:
+            await steps
+        except Exception:
+            log.exception("failed to answer %s", self._url)
+            self._broken_or(errors.upstream_failed("internal error in the sidecar"))
+            self._finish(failed=True)
+
+    async def _route_and_send(self, worker: Worker | None) -> None:
+        if worker is None:
+            chosen = await self._forwarder.choose_worker(self._path(), self._version_text())
+            if isinstance(chosen, web.Response):
+                self._own_answer(chosen)
+                self._finish(failed=False)
+                return
+            worker = chosen
+        self._use(worker)
+        await self._connect_and_send(fresh=False)
+
+    def _use(self, worker: Worker) -> None:
+        # Counted before anything is sent: a swap that switches away from this worker now will
+        # wait for this request before stopping it.
+        worker.in_flight.enter()
+        self._worker = worker
+
+    async def _connect_and_send(self, fresh: bool) -> None:
+        while True:
+            worker = self._worker
+            assert worker is not None
+            pool = self._port.pool_for(worker)
+            connection = None if fresh else pool.idle()
+            if connection is None:
+                try:
+                    connection = await pool.connect()
+                except (OSError, TimeoutError) as error:
+                    # Nothing listens: the worker died and its exit is not yet noticed. The
+                    # request never reached it: hold it for the restarted one.
+                    worker.in_flight.leave(True)
+                    self._worker = None
+                    replacement = await self._forwarder.replacement(
+                        self._path(), worker, self._version_text()
+                    )
+                    if replacement is None:
+                        self._own_answer(errors.upstream_failed(f"cannot connect: {error}"))
+                        self._finish(failed=False)
+                        return
+                    self._use(replacement)
+                    fresh = False
+                    continue
+            self._send(connection, fresh)
+            return
+
+    def _send(self, connection: UpstreamConnection, fresh: bool) -> None:
+        worker = self._worker
+        assert worker is not None
+        self._upstream = connection
+        self._fresh = fresh
+        self._reset_response(worker.version.encode())
+        body = self._request_body
         length = b"" if self._length is None and not body else b"Content-Length: %d\r\n" % len(body)
-        head = b"%s %s HTTP/1.1\r\nHost: %s:%d\r\n%s%s\r\n" % (
-            method,
+        head = b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
+            self._method,
             self._url,
-            pool.host.encode(),
-            pool.port,
+            connection.pool.host_header,
             self._copied,
             length,
         )
-        # Counted before the first await: a swap that switches away from this worker now will
-        # wait for this request before stopping it.
-        worker.in_flight.enter()
-        failed = True  # unless the answer below says otherwise: counts against a canary
-        try:
-            for fresh in (False, True):
-                try:
-                    connection = await pool.acquire(fresh)
-                except (OSError, TimeoutError) as error:
-                    raise WorkerGone(f"cannot connect: {error}") from error
-                self._reset_response(worker.version.encode())
-                self._upstream = connection
-                try:
-                    status = await connection.exchange(head, body, self, worker.read_timeout)
-                except StaleConnection as error:
-                    if not fresh:  # once more, on a connection of its own
-                        log.debug("retrying %s after %s", self._url, error)
-                        continue
-                    self._own_answer(errors.upstream_failed(str(error)))
-                    return
-                except TimeoutError:
-                    self._broken_or(errors.upstream_timeout())
-                    return
-                except BrokenResponse as error:
-                    log.warning("upstream failed mid-response: %s", error)
-                    self._broken_or(errors.upstream_failed(str(error)))
-                    return
-                finally:
-                    self._upstream = None
-                pool.release(connection)
-                failed = status >= 500
-                return
-        except asyncio.CancelledError:
-            failed = False  # the client went away: not the worker's fault
-            raise
-        finally:
+        connection.start(head, body, self, worker.read_timeout)
+
+    def exchange_done(self, status: int) -> None:
+        connection, self._upstream = self._upstream, None
+        assert connection is not None
+        connection.pool.release(connection)
+        self._finish(failed=status >= 500)
+
+    def exchange_failed(self, error: Exception) -> None:
+        self._upstream = None
+        if isinstance(error, StaleConnection) and not self._fresh:
+            log.debug("retrying %s after %s", self._url, error)  # once, on a new connection
+            self._task = self._loop.create_task(self._guarded(self._connect_and_send(fresh=True)))
+            return
+        if isinstance(error, TimeoutError):
+            self._broken_or(errors.upstream_timeout())
+        else:
+            if isinstance(error, BrokenResponse):
+                log.warning("upstream failed mid-response: %s", error)
+            self._broken_or(errors.upstream_failed(str(error)))
+        self._finish(failed=True)
+
+    def _finish(self, failed: bool) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
             worker.in_flight.leave(failed)
+        seconds = time.perf_counter() - self._started
+        method = self._method
+        name = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("ascii"))
+        self._forwarder.observe(name, self._status, seconds)
+        if self._port.access_log:
+            self._log_access(name, seconds)
+        self._request_done()
+
+    def _path(self) -> str:
+        return self._url.partition(b"?")[0].decode("latin-1")
+
+    def _version_text(self) -> str | None:
+        return self._version.decode("latin-1") if self._version is not None else None
 
     def _broken_or(self, answer: web.Response) -> None:
         if self._head_sent:

@@ -21,7 +21,7 @@ CONNECT_TIMEOUT = 5.0
 
 
 class ResponseSink(Protocol):
-    """Where a worker's answer goes, as it is parsed."""
+    """Where a worker's answer goes, as it is parsed, and how its exchange ended."""
 
     def response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
@@ -34,6 +34,12 @@ class ResponseSink(Protocol):
 
     def response_end(self) -> None: ...
 
+    def exchange_done(self, status: int) -> None:
+        """The answer is complete; the connection may go back to its pool."""
+
+    def exchange_failed(self, error: Exception) -> None:
+        """StaleConnection, BrokenResponse or TimeoutError; the connection is closed."""
+
 
 class StaleConnection(Exception):
     """The worker closed the connection before sending any byte of an answer: it never saw the
@@ -45,115 +51,136 @@ class BrokenResponse(Exception):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    """One connection to a worker. Callbacks, not a future per request: a request on the fast
+    path costs no task, future or extra turn of the event loop."""
+
     __slots__ = (
-        "_done",
+        "_complete",
         "_headers",
         "_last_read",
+        "_loop",
         "_parser",
-        "_pool",
         "_reason",
         "_sink",
+        "_timeout",
         "_timer",
         "idle_since",
         "keep_alive",
+        "pool",
+        "reading_paused",
         "received",
         "transport",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
-        self._pool = pool
+        self.pool = pool
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
-        self._done: asyncio.Future[int] | None = None
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timeout = 0.0
         self._last_read = 0.0
+        self._complete = 0  # the status of an answer parsed to its end, until reported
         self.received = False
         self.keep_alive = False
+        self.reading_paused = False
         self.idle_since = 0.0
 
     # -- one exchange ----------------------------------------------------------------------
 
-    async def exchange(
-        self, request: bytes, body: bytes, sink: ResponseSink, timeout: float
-    ) -> int:
-        """Send a request; feed the answer to `sink`; return its status once it is complete.
-
-        `timeout` bounds each wait for the worker's next bytes. Raises StaleConnection,
-        BrokenResponse or TimeoutError; the connection is then closed, never reused."""
+    def start(self, request: bytes, body: bytes, sink: ResponseSink, timeout: float) -> None:
+        """Send a request; its answer goes to `sink`, then exchange_done or exchange_failed.
+        `timeout` bounds each wait for the worker's next bytes."""
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
         self._sink = sink
-        self._done = done = loop.create_future()
         self.received = False
-        self._last_read = loop.time()
-        self._timer = loop.call_at(self._last_read + timeout, self._check_timeout, timeout)
+        self._timeout = timeout
+        self._last_read = self._loop.time()
+        self._timer = self._loop.call_at(self._last_read + timeout, self._check_timeout)
         if body and len(body) < 65536:
             self.transport.write(request + body)
         else:
             self.transport.write(request)
             if body:
                 self.transport.write(body)
-        try:
-            status = await done
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self._timer.cancel()
-            self._sink = None
-            self._done = None
-        return status
 
-    def _check_timeout(self, timeout: float) -> None:
+    def abandon(self) -> None:
+        """The client went away: drop the answer and the connection, report nothing."""
+        self._stop()
+        self.close()
+
+    def _check_timeout(self) -> None:
         # One timer per exchange, moved forward lazily: reads only note their time.
-        loop = asyncio.get_running_loop()
-        due = self._last_read + timeout
-        if loop.time() < due:
-            self._timer = loop.call_at(due, self._check_timeout, timeout)
-        elif self._done is not None and not self._done.done():
-            self._done.set_exception(TimeoutError())
+        due = self._last_read + self._timeout
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check_timeout)
+        else:
+            self._timer = None
+            self._fail(TimeoutError())
+
+    def _stop(self) -> ResponseSink | None:
+        sink, self._sink = self._sink, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return sink
+
+    def _fail(self, error: Exception) -> None:
+        sink = self._stop()
+        self.close()
+        if sink is not None:
+            sink.exchange_failed(error)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.open += 1
 
     def data_received(self, data: bytes) -> None:
-        if self._done is None:  # bytes nobody asked for: this connection is unusable
+        sink = self._sink
+        if sink is None:  # bytes nobody asked for: this connection is unusable
             self.close()
             return
         self.received = True
-        self._last_read = asyncio.get_running_loop().time()
+        self._last_read = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
             self._fail(BrokenResponse(f"malformed answer: {error}"))
             return
-        if self._sink is not None:
-            self._sink.response_flush()
+        sink.response_flush()
+        if self._complete:
+            # Reported here, after the parser returned: the sink may start the next exchange
+            # on this very connection.
+            status, self._complete = self._complete, 0
+            self._stop()
+            sink.exchange_done(status)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._pool.forget(self)
-        if self._done is not None and not self._done.done():
+        self.pool.forget(self)
+        if self._sink is not None:
             if self.received:
                 self._fail(BrokenResponse(f"connection closed mid-answer ({exc or 'EOF'})"))
             else:
                 self._fail(StaleConnection(f"connection closed before any answer ({exc or 'EOF'})"))
-
-    def pause_writing(self) -> None:  # we only ever write one request: nothing to pause
-        pass
-
-    def _fail(self, error: Exception) -> None:
-        if self._done is not None and not self._done.done():
-            self._done.set_exception(error)
-        self.close()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -180,12 +207,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
-        if status < 200 or self._sink is None or self._done is None:
+        if status < 200 or self._sink is None:
             return
         self.keep_alive = self._parser.should_keep_alive()
         self._sink.response_end()
-        if not self._done.done():
-            self._done.set_result(status)
+        self._complete = status
 
 
 class UpstreamPool:
@@ -194,29 +220,34 @@ class UpstreamPool:
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        self.host_header = b"Host: %s:%d\r\n" % (host.encode(), port)
         self._idle: list[UpstreamConnection] = []
-        self.open = 0
+        self.open = 0  # connections made and not yet lost
 
-    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
-        """A connection to the worker; `fresh` never reuses one."""
-        if not fresh:
-            now = time.monotonic()
-            while self._idle:
-                connection = self._idle.pop()
-                if now - connection.idle_since < POOL_KEEPALIVE and not (
-                    connection.transport is None or connection.transport.is_closing()
-                ):
-                    return connection
-                connection.close()
+    def idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection young enough to reuse, if any."""
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < POOL_KEEPALIVE and not (
+                connection.transport is None or connection.transport.is_closing()
+            ):
+                return connection
+            connection.close()
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection to the worker."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT):
             _transport, connection = await loop.create_connection(
                 lambda: UpstreamConnection(self), self.host, self.port
             )
-        self.open += 1
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
+        # The whole answer may have come before the client's buffer filled and paused us.
+        connection.resume_reading()
         if connection.keep_alive and not (
             connection.transport is None or connection.transport.is_closing()
         ):

@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from mlflow_bluegreen.proxy.upstream import UpstreamConnection, UpstreamPool
+
 from .proxying import Proxy, Upstream
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -224,7 +226,7 @@ async def test_a_large_answer_streams_to_a_slow_reader_intact(
     make_proxy: Any, scripted: Any
 ) -> None:
     body = bytes(i % 253 for i in range(4 * 1024 * 1024))
-    port, _accepted = await scripted(keep_answering(body))
+    port, accepted = await scripted(keep_answering(body))
     proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1 << 16)
     writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -236,6 +238,11 @@ async def test_a_large_answer_streams_to_a_slow_reader_intact(
         if len(received) < 1 << 20:
             await asyncio.sleep(0.001)  # slow at first: the proxy must hold back, not buffer
     assert bytes(received) == body
+    # The worker's connection went back to the pool readable: the next answer comes through it.
+    writer.write(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+    _status, _headers, again = await asyncio.wait_for(read_answer(reader), 5)
+    assert again == body
+    assert len(accepted) == 1
     writer.close()
 
 
@@ -361,3 +368,36 @@ async def test_answers_on_both_paths_carry_the_same_headers(
     )
     assert fast == handed
     assert b"x-model-version" in fast
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_a_connection_paused_for_a_slow_client_is_pooled_readable() -> None:
+    """The whole answer can arrive in the read that fills the client's buffer: the connection
+    is paused and released in the same step, and must not go to the pool deaf."""
+    pool = UpstreamPool("127.0.0.1", 1)
+    connection = UpstreamConnection(pool)
+    transport = RecordingTransport()
+    connection.connection_made(transport)
+    connection.keep_alive = True
+    connection.pause_reading()
+    assert not transport.reading
+    pool.release(connection)
+    assert transport.reading
+    assert pool.idle() is connection
