@@ -47,6 +47,12 @@ REPLAYABLE_BODY = 1 << 20
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _HEALTH_PATHS = frozenset({"/ping", "/health"})
 
+# How long a worker that closed a fresh connection without answering may take to be seen exiting.
+# A SIGKILLed worker drops its connections before its exit is reaped (polled every 0.1 s), so
+# the request is resent to its replacement; one still alive after this is sick, and the client
+# gets a 502 instead of waiting for a replacement that is not coming.
+DYING_GRACE = 0.5
+
 RequestObserver = Callable[[str, int, float], None]
 """(method, status, seconds) for every request answered."""
 
@@ -75,7 +81,8 @@ class _BodyTooLarge(Exception):
 
 
 class WorkerGone(Exception):
-    """Nothing listens on the worker's port: it died and its exit is not yet noticed."""
+    """The request never got an answer from the worker because the worker died: nothing
+    listens on its port, or it closed a fresh connection and exited."""
 
 
 class StreamedBody:
@@ -205,6 +212,17 @@ class Forwarder:
             return None
         return replacement
 
+    async def worker_died(self, worker: Worker) -> bool:
+        """Whether `worker` has exited or exits within DYING_GRACE."""
+        if not worker.alive:
+            return True
+        try:
+            async with asyncio.timeout(DYING_GRACE):
+                await worker.wait_exit()
+        except TimeoutError:
+            return False
+        return True
+
     async def _body(
         self, request: web.BaseRequest, headers: CIMultiDict[str]
     ) -> bytes | StreamedBody | None:
@@ -267,6 +285,8 @@ class Forwarder:
                     if attempt == 0:  # once more, on a connection of its own
                         log.debug("retrying %s %s after %r", request.method, request.path, error)
                         continue
+                    if await self.worker_died(worker):
+                        raise WorkerGone(f"worker exited: {error!r}") from error
                     return errors.upstream_failed(repr(error))
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     return errors.upstream_timeout()

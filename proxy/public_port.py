@@ -354,22 +354,37 @@ class PublicConnection(asyncio.Protocol):
                 try:
                     connection = await pool.connect()
                 except (OSError, TimeoutError) as error:
-                    # Nothing listens: the worker died and its exit is not yet noticed. The
-                    # request never reached it: hold it for the restarted one.
-                    worker.in_flight.leave(True)
-                    self._worker = None
-                    replacement = await self._forwarder.replacement(
-                        self._path(), worker, self._version_text()
-                    )
-                    if replacement is None:
-                        self._own_answer(errors.upstream_failed(f"cannot connect: {error}"))
-                        self._finish(failed=False)
-                        return
-                    self._use(replacement)
-                    fresh = False
-                    continue
+                    # Nothing listens: the worker died and its exit is not yet noticed.
+                    if await self._moved_off(worker, f"cannot connect: {error}"):
+                        fresh = False
+                        continue
+                    return
             self._send(connection, fresh)
             return
+
+    async def _moved_off(self, gone: Worker, reason: str) -> bool:
+        """The request got no answer from `gone`, which died: hold it for the worker that
+        replaces it (True), or answer 502 when none comes (False)."""
+        gone.in_flight.leave(True)
+        self._worker = None
+        replacement = await self._forwarder.replacement(self._path(), gone, self._version_text())
+        if replacement is None:
+            self._own_answer(errors.upstream_failed(reason))
+            self._finish(failed=False)
+            return False
+        self._use(replacement)
+        return True
+
+    async def _resend_unless_alive(self, error: StaleConnection) -> None:
+        # A fresh connection closed without an answer too: a dying worker (resend elsewhere) or
+        # a sick one (502).
+        worker = self._worker
+        assert worker is not None
+        if not await self._forwarder.worker_died(worker):
+            self._own_answer(errors.upstream_failed(str(error)))
+            self._finish(failed=True)
+        elif await self._moved_off(worker, f"worker exited: {error}"):
+            await self._connect_and_send(fresh=False)
 
     def _send(self, connection: UpstreamConnection, fresh: bool) -> None:
         worker = self._worker
@@ -396,9 +411,13 @@ class PublicConnection(asyncio.Protocol):
 
     def exchange_failed(self, error: Exception) -> None:
         self._upstream = None
-        if isinstance(error, StaleConnection) and not self._fresh:
-            log.debug("retrying %s after %s", self._url, error)  # once, on a new connection
-            self._task = self._loop.create_task(self._guarded(self._connect_and_send(fresh=True)))
+        if isinstance(error, StaleConnection):
+            if self._fresh:
+                self._task = self._loop.create_task(self._guarded(self._resend_unless_alive(error)))
+            else:
+                log.debug("retrying %s after %s", self._url, error)  # once, on a new connection
+                steps = self._connect_and_send(fresh=True)
+                self._task = self._loop.create_task(self._guarded(steps))
             return
         if isinstance(error, TimeoutError):
             self._broken_or(errors.upstream_timeout())

@@ -34,6 +34,13 @@ class FixedUpstream:
         self.in_flight = InFlight()
         self.session = connection_pool(timeout, 1000)
         self.fresh_session = connection_pool(timeout, 1000, fresh=True)
+        # Not our process: it never counts as exited, so an upstream that closes connections
+        # without answering gets 502s, not a wait for a replacement.
+        self.alive = True
+
+    async def wait_exit(self) -> int | None:
+        await asyncio.Event().wait()
+        return None
 
 
 async def run(upstream: str, host: str, port: int, version: str) -> int:

@@ -35,6 +35,15 @@ class Upstream:
     def __post_init__(self) -> None:
         self.session = connection_pool(self.read_timeout, 10)  # for requests aiohttp serves
         self.fresh_session = connection_pool(self.read_timeout, 10, fresh=True)
+        self.exited = asyncio.Event()
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+    async def wait_exit(self) -> int | None:
+        await self.exited.wait()
+        return -9
 
     async def close(self) -> None:
         await self.session.close()

@@ -182,6 +182,76 @@ async def test_a_connection_closed_before_any_response_byte_is_retried_once(
     assert connections == 2
 
 
+async def _never_answering_upstream() -> tuple[asyncio.Server, Upstream, list[int]]:
+    """A worker that reads each request and closes the connection without a byte of answer."""
+    closed: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        closed.append(1)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, Upstream(f"http://127.0.0.1:{port}"), closed
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+# A small body goes the fast path; a chunked one is handed to aiohttp: both must behave alike.
+BODIES = {"fast path": lambda: b"{}", "aiohttp path": lambda: _chunked(b"{}")}
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_a_worker_that_dies_without_answering_has_the_request_resent_to_its_replacement(
+    echo_upstream: TestServer, make_proxy: Any, body: Any
+) -> None:
+    # What a SIGKILLed worker does: its connections close (the retry on a fresh one too) a
+    # moment before its exit is noticed and traffic moves to the replacement.
+    server, dying, closed = await _never_answering_upstream()
+    proxy = await make_proxy(dying, queue_timeout=5)
+    live = Upstream(f"http://127.0.0.1:{echo_upstream.port}", version="8")
+
+    def exit_noticed() -> None:
+        dying.exited.set()
+        proxy.supervisor._set_active(live)
+
+    asyncio.get_running_loop().call_later(0.2, exit_noticed)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=body()) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Model-Version"] == "8"
+    assert len(closed) == 2  # the request and its one retry on a fresh connection
+    assert hits(echo_upstream) == ["/invocations"]
+    assert dying.in_flight.count == live.in_flight.count == 0
+    server.close()
+    await live.close()
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_a_live_worker_that_closes_without_answering_is_502_at_once(
+    make_proxy: Any, body: Any
+) -> None:
+    server, sick, closed = await _never_answering_upstream()
+    proxy = await make_proxy(sick, queue_timeout=30)
+    started = asyncio.get_running_loop().time()
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=body()) as response,
+    ):
+        assert response.status == 502
+        assert (await response.json())["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    # Not held for the queue timeout: a worker still alive is not being replaced.
+    assert asyncio.get_running_loop().time() - started < 5
+    assert len(closed) == 2
+    assert sick.in_flight.count == 0
+    server.close()
+
+
 async def test_upstream_down_is_502_in_mlflow_shape(make_proxy: Any) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
