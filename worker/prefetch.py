@@ -59,12 +59,10 @@ class Step:
         command: Sequence[str],
         env: Mapping[str, str],
         on_line: Callable[[str], None],
-        preexec: Callable[[], None] | None = None,
     ) -> None:
         self._command = list(command)
         self._env = dict(env)
         self._on_line = on_line
-        self._preexec = preexec  # e.g. die with the sidecar
         self._process: asyncio.subprocess.Process | None = None
 
     async def run(self, timeout: float) -> list[str]:
@@ -76,7 +74,6 @@ class Step:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=self._preexec,  # only a prctl call: safe between fork and exec
             limit=LINE_LIMIT,
         )
         lines: list[str] = []
