@@ -80,7 +80,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class WorkerGone(Exception):
+class _WorkerGone(Exception):
     """The request never got an answer from the worker because the worker died: nothing
     listens on its port, or it closed a fresh connection and exited."""
 
@@ -173,7 +173,7 @@ class Forwarder:
         while True:
             try:
                 return await self._forward(request, worker, headers, data)
-            except WorkerGone as error:
+            except _WorkerGone as error:
                 # The request never reached a worker: hold it for the restarted one.
                 replacement = None
                 if not isinstance(data, StreamedBody):
@@ -276,7 +276,7 @@ class Forwarder:
                         request.method, url, headers=headers, data=data, allow_redirects=False
                     )
                 except aiohttp.ClientConnectorError as error:
-                    raise WorkerGone(f"cannot connect: {error.os_error}") from error
+                    raise _WorkerGone(f"cannot connect: {error.os_error}") from error
                 except _STALE_CONNECTION as error:
                     if isinstance(data, StreamedBody):
                         if data.exceeded:
@@ -286,7 +286,7 @@ class Forwarder:
                         log.debug("retrying %s %s after %r", request.method, request.path, error)
                         continue
                     if await self.worker_died(worker):
-                        raise WorkerGone(f"worker exited: {error!r}") from error
+                        raise _WorkerGone(f"worker exited: {error!r}") from error
                     return errors.upstream_failed(repr(error))
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     return errors.upstream_timeout()

@@ -154,7 +154,7 @@ class PublicConnection(asyncio.Protocol):
         self._started = 0.0
         self._closing = False
         self._reset_request()
-        self._reset_response(b"")
+        self._reset_response()
 
     def _reset_request(self) -> None:
         self._url = b""
@@ -170,8 +170,8 @@ class PublicConnection(asyncio.Protocol):
         self._http11 = True
         self._expects_continue = False
 
-    def _reset_response(self, version: bytes) -> None:
-        self._model_version = version
+    def _reset_response(self) -> None:
+        self._model_version = b""
         self._out: list[bytes] = []
         self._head_sent = False
         self._chunked = False
@@ -309,7 +309,7 @@ class PublicConnection(asyncio.Protocol):
         self._method = self._parser.get_method()
         self._request_body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
         self._started = time.perf_counter()
-        self._reset_response(b"")
+        self._reset_response()
         worker = self._forwarder.serving_now() if self._version is None else None
         if worker is not None:
             connection = self._port.pool_for(worker).idle()
@@ -391,7 +391,8 @@ class PublicConnection(asyncio.Protocol):
         assert worker is not None
         self._upstream = connection
         self._fresh = fresh
-        self._reset_response(worker.version.encode())
+        # Nothing of an answer has come yet (a retry follows a close before any byte).
+        self._model_version = worker.version.encode()
         body = self._request_body
         length = b"" if self._length is None and not body else b"Content-Length: %d\r\n" % len(body)
         head = b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
@@ -461,13 +462,7 @@ class PublicConnection(asyncio.Protocol):
         self._reset_request()
         transport = self.transport
         assert transport is not None
-        if (
-            self._close_after
-            or not self._keep_alive
-            or self._forwarder.closing
-            or self._closing
-            or transport.is_closing()
-        ):
+        if self._close_after or self._must_close() or transport.is_closing():
             transport.close()
             return
         self._idle_deadline = self._loop.time() + self._port.keepalive_timeout
@@ -504,7 +499,7 @@ class PublicConnection(asyncio.Protocol):
                 self._chunked = True
             else:
                 self._close_after = True  # an HTTP/1.0 client reads to the end
-        if self._close_after or not self._keep_alive or self._forwarder.closing or self._closing:
+        if self._close_after or self._must_close():
             self._close_after = True
             lines.append(b"Connection: close\r\n")
         elif not self._http11:
@@ -531,6 +526,10 @@ class PublicConnection(asyncio.Protocol):
             self._out.append(b"0\r\n\r\n")
         self.response_flush()
 
+    def _must_close(self) -> bool:
+        """The connection ends with this answer: the client asked, or we are shutting down."""
+        return not self._keep_alive or self._forwarder.closing or self._closing
+
     def _own_answer(self, response: web.Response) -> None:
         """An answer of the sidecar's own (errors.py), written as aiohttp would."""
         self._status = response.status
@@ -542,7 +541,7 @@ class PublicConnection(asyncio.Protocol):
             if name.lower() != "content-length":
                 lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(body), _http_date()))
-        if not self._keep_alive or self._forwarder.closing or self._closing:
+        if self._must_close():
             self._close_after = True
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")

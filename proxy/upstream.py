@@ -138,6 +138,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    @property
+    def usable(self) -> bool:
+        """Not closed, and not closing."""
+        return self.transport is not None and not self.transport.is_closing()
+
     def pause_reading(self) -> None:
         if self.transport is not None and not self.reading_paused:
             self.reading_paused = True
@@ -229,9 +234,7 @@ class UpstreamPool:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < POOL_KEEPALIVE and not (
-                connection.transport is None or connection.transport.is_closing()
-            ):
+            if now - connection.idle_since < POOL_KEEPALIVE and connection.usable:
                 return connection
             connection.close()
         return None
@@ -248,9 +251,7 @@ class UpstreamPool:
     def release(self, connection: UpstreamConnection) -> None:
         # The whole answer may have come before the client's buffer filled and paused us.
         connection.resume_reading()
-        if connection.keep_alive and not (
-            connection.transport is None or connection.transport.is_closing()
-        ):
+        if connection.keep_alive and connection.usable:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
