@@ -4,17 +4,62 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
+Job = Callable[[], None]
+
+
+class _DaemonThread:
+    """A daemon thread that runs jobs one after another and then offers itself again.
+
+    Kept rather than started per call: `Thread.start()` blocks its caller, here the event loop,
+    until the new thread has run, and on a busy machine (a second worker booting) that took
+    20 ms, once per registry poll."""
+
+    def __init__(self, pool: _DaemonPool) -> None:
+        self._pool = pool
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="mlflow-call", daemon=True).start()
+
+    def give(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+            self._pool.offer(self)
+
+
+class _DaemonPool:
+    """As many daemon threads as calls ever overlapped: a call that hangs keeps its thread and
+    the next call gets another one."""
+
+    def __init__(self) -> None:
+        self._idle: list[_DaemonThread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            thread = self._idle.pop() if self._idle else None
+        (thread or _DaemonThread(self)).give(job)
+
+    def offer(self, thread: _DaemonThread) -> None:
+        with self._lock:
+            self._idle.append(thread)
+
+
+_POOL = _DaemonPool()
+
 
 async def in_daemon_thread(function: Callable[[], T], name: str) -> T:
     """`function()` in a daemon thread. Unlike `asyncio.to_thread`, a registry call or download
     that hangs does not hold up the sidecar's exit: the default executor's threads are joined at
-    shutdown, a daemon thread is abandoned."""
+    shutdown, a daemon thread is abandoned. `name` is the thread's name while it runs the call."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -27,14 +72,18 @@ async def in_daemon_thread(function: Callable[[], T], name: str) -> T:
             future.set_result(result)  # type: ignore[arg-type]
 
     def call() -> None:
+        current = threading.current_thread()
+        current.name = name
         result: T | None = None
         error: BaseException | None = None
         try:
             result = function()
         except BaseException as raised:  # noqa: BLE001 - handed to the awaiting coroutine
             error = raised
+        finally:
+            current.name = "mlflow-call"
         with contextlib.suppress(RuntimeError):  # the loop closed while we waited: nobody cares
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=call, name=name, daemon=True).start()
+    _POOL.submit(call)
     return await future
