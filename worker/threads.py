@@ -11,7 +11,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-Job = Callable[[], None]
+Report = Callable[[], None]
+Job = Callable[[], Report]  # runs the call; returns how to hand its outcome to the caller
 
 
 class _DaemonThread:
@@ -31,8 +32,10 @@ class _DaemonThread:
 
     def _serve(self) -> None:
         while True:
-            self._jobs.get()()
+            report = self._jobs.get()()
+            # Back in the pool before the caller hears the outcome: its next call reuses us.
             self._pool.offer(self)
+            report()
 
 
 class _DaemonPool:
@@ -71,7 +74,7 @@ async def in_daemon_thread(function: Callable[[], T], name: str) -> T:
         else:
             future.set_result(result)  # type: ignore[arg-type]
 
-    def call() -> None:
+    def call() -> Report:
         current = threading.current_thread()
         current.name = name
         result: T | None = None
@@ -82,8 +85,12 @@ async def in_daemon_thread(function: Callable[[], T], name: str) -> T:
             error = raised
         finally:
             current.name = "mlflow-call"
-        with contextlib.suppress(RuntimeError):  # the loop closed while we waited: nobody cares
-            loop.call_soon_threadsafe(settle, result, error)
+
+        def report() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody cares
+                loop.call_soon_threadsafe(settle, result, error)
+
+        return report
 
     _POOL.submit(call)
     return await future

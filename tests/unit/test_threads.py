@@ -14,8 +14,6 @@ def _current() -> threading.Thread:
 
 async def test_calls_one_after_another_reuse_one_thread() -> None:
     first = await in_daemon_thread(_current, "registry-lookup")
-    # The thread offers itself again just after its call returns: give it that moment.
-    await asyncio.sleep(0.05)
     second = await in_daemon_thread(_current, "registry-lookup")
     assert first is second
     assert first.daemon  # the interpreter does not wait for it at exit
@@ -47,7 +45,6 @@ async def test_an_error_reaches_the_caller_and_the_thread_stays_usable() -> None
 
     with pytest.raises(LookupError, match="no such alias"):
         await in_daemon_thread(fail, "registry-lookup")
-    await asyncio.sleep(0.05)
     assert await in_daemon_thread(lambda: 42, "registry-lookup") == 42
 
 
