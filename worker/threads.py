@@ -11,6 +11,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+IDLE_NAME = "mlflow-call"  # a kept thread's name between calls
+
 Report = Callable[[], None]
 Job = Callable[[], Report]  # runs the call; returns how to hand its outcome to the caller
 
@@ -25,7 +27,7 @@ class _DaemonThread:
     def __init__(self, pool: _DaemonPool) -> None:
         self._pool = pool
         self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="mlflow-call", daemon=True).start()
+        threading.Thread(target=self._serve, name=IDLE_NAME, daemon=True).start()
 
     def give(self, job: Job) -> None:
         self._jobs.put(job)
@@ -84,7 +86,7 @@ async def in_daemon_thread(function: Callable[[], T], name: str) -> T:
         except BaseException as raised:  # noqa: BLE001 - handed to the awaiting coroutine
             error = raised
         finally:
-            current.name = "mlflow-call"
+            current.name = IDLE_NAME
 
         def report() -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody cares
