@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -295,6 +296,43 @@ def stop_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_model_server(
+    model_uri: str, port: int, registry_uri: str, output: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """A plain `mlflow models serve`, with the command and environment our sidecar gives its
+    workers, in a process group of its own (kill_group stops its uvicorn with it)."""
+    from mlflow_bluegreen.worker.process import WorkerSpec
+
+    spec = WorkerSpec(base_env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri})
+    return subprocess.Popen(
+        spec.command(model_uri, port),
+        env=spec.environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def wait_ping(port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/ping"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow models serve exited with {process.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"mlflow models serve not ready on {port} after {timeout} s")
 
 
 # -- nginx ---------------------------------------------------------------------------------------

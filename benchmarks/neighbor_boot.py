@@ -19,59 +19,45 @@ boots, and their p99 ratio. If `direct` shows the ratio too, it is the machine's
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
-from common import machine, out_path, percentile, register_iris_versions, table, write_json
+from common import (
+    kill_group,
+    machine,
+    out_path,
+    percentile,
+    register_iris_versions,
+    start_model_server,
+    table,
+    wait_ping,
+    write_json,
+)
 from openloop import LATENCY, SCHEDULED, STATUS, LoadChild, Record
 
 SETTLE = 3.0  # seconds either side of a boot that count neither as quiet nor as the boot
 
 
-def boot_neighbour(model_uri: str, env: dict[str, str], timeout: float) -> None:
+def boot_neighbour(model_uri: str, registry_uri: str, timeout: float) -> None:
     """Start a `mlflow models serve` of our own, wait for its first /ping 200, kill it."""
-    from mlflow_bluegreen.worker.process import WorkerSpec, free_port
+    from mlflow_bluegreen.worker.process import free_port
 
     port = free_port()
-    spec = WorkerSpec(base_env=env)
-    process = subprocess.Popen(
-        spec.command(model_uri, port),
-        env=spec.environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = start_model_server(model_uri, port, registry_uri)
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            with (
-                contextlib.suppress(urllib.error.URLError, OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as ping,
-            ):
-                if ping.status == 200:
-                    return
-            time.sleep(0.25)
-        raise RuntimeError(f"the neighbour did not answer /ping within {timeout:g} s")
+        wait_ping(port, timeout, process)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_group(process)
 
 
-def measure(url: str, args: argparse.Namespace, model_uri: str, env: dict[str, str]) -> dict:
+def measure(url: str, args: argparse.Namespace, model_uri: str, registry_uri: str) -> dict:
     load = LoadChild(url, rate=args.rate)
     boots: list[tuple[float, float]] = []
     try:
         time.sleep(args.quiet)
         for _ in range(args.boots):
             began = load.now()
-            boot_neighbour(model_uri, env, args.boot_timeout)
+            boot_neighbour(model_uri, registry_uri, args.boot_timeout)
             boots.append((began, load.now()))
             time.sleep(args.quiet)
     finally:
@@ -112,7 +98,6 @@ def main() -> int:
     with EmbeddedRegistry() as registry:
         [version] = register_iris_versions(registry.uri, "iris", (1.0,))
         model_uri = f"models:/iris/{version}"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": registry.uri}
         extra = ("--log-level", "WARNING")
         with SidecarProcess(model_uri, tracking_uri=registry.uri, extra_args=extra) as sidecar:
             sidecar.wait_active(version, timeout=240)
@@ -122,7 +107,7 @@ def main() -> int:
                 ("ours", f"{sidecar.url}/invocations"),
             ):
                 print(f"• {way}: {args.rate:g} req/s, {args.boots} neighbour boots …", flush=True)
-                ways[way] = measure(url, args, model_uri, env)
+                ways[way] = measure(url, args, model_uri, registry.uri)
     print(f"\n=== a neighbour booting — {info['date']}, {info['cpus']} cores (shared machine) ===")
     print(f"Open loop {args.rate:g} req/s; latency (ms) from each request's scheduled start")
     rows = [

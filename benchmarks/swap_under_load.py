@@ -19,24 +19,23 @@ All times are seconds since the load began, on the load generator's clock.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common import (
+    kill_group,
     machine,
     out_path,
     percentile,
     register_iris_versions,
+    start_model_server,
     table,
     versions,
+    wait_ping,
     write_json,
 )
 from openloop import ERROR, LATENCY, SCHEDULED, SEND_LAG, STATUS, VERSION, LoadChild, Record
@@ -112,12 +111,9 @@ def run_ours(args: argparse.Namespace, registry_uri: str, versions_: list[str]) 
 def run_restart(
     args: argparse.Namespace, registry_uri: str, versions_: list[str]
 ) -> dict[str, Any]:
-    from mlflow_bluegreen.worker.process import WorkerSpec, free_port
+    from mlflow_bluegreen.worker.process import free_port
     from mlflow_bluegreen.worker.sandbox import set_alias
 
-    # The same command and environment our sidecar gives its workers, so the only difference
-    # between the two runs is how a new version replaces the old one.
-    spec = WorkerSpec(base_env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri})
     port = free_port()
     log_path = out_path("swap_under_load-restart", ".log")
     processes: list[subprocess.Popen[bytes]] = []
@@ -125,14 +121,9 @@ def run_restart(
     with open(log_path, "ab") as log:
 
         def start() -> subprocess.Popen[bytes]:
-            process = subprocess.Popen(
-                spec.command("models:/iris@champion", port),
-                env=spec.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            # The same command and environment our sidecar gives its workers, so the only
+            # difference between the two runs is how a new version replaces the old one.
+            process = start_model_server("models:/iris@champion", port, registry_uri, log)
             processes.append(process)
             return process
 
@@ -147,7 +138,7 @@ def run_restart(
                     target = versions_[(k + 1) % 2]
                     set_alias(registry_uri, "iris", "champion", target)
                     moved = load.now()
-                    kill(current)  # as mlflow-adsp does: the old process goes first
+                    kill_group(current)  # as mlflow-adsp does: the old process goes first
                     killed = load.now()
                     current = start()
                     wait_ping(port, args.swap_timeout, current)
@@ -162,7 +153,7 @@ def run_restart(
                 records = load.stop()
         finally:
             for process in processes:
-                kill(process)
+                kill_group(process)
     # A plain `mlflow models serve` names no version: infer it from which process was running
     # when the request was sent. A request sent to a killed process fails, so a success is never
     # credited to the wrong version.
@@ -175,25 +166,6 @@ def run_restart(
                 if sent >= killed:
                     record[VERSION] = target
     return {"records": records, "moves": moves, "log": str(log_path)}
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def wait_ping(port: int, timeout: float, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/ping"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited with {process.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"mlflow models serve not ready on {port} after {timeout} s")
 
 
 # -- analysis ------------------------------------------------------------------------------------
