@@ -25,6 +25,7 @@ import aiohttp
 from .inflight import InFlight
 from .output import LINE_LIMIT, relay_lines
 from .prefetch import Step, StepFailed, download_model, is_remote, prepare_env_command
+from .procfs import group_pids
 from .threads import in_daemon_thread
 
 log = logging.getLogger("mlflow_bluegreen.worker")
@@ -501,18 +502,11 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 def group_rss_bytes(pgid: int) -> int:
     """Sum of resident memory of the processes in group `pgid`, from /proc (0 off Linux)."""
     total = 0
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                    # The command name is in parentheses and may contain spaces: split after it.
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-                if int(fields[2]) != pgid:
-                    continue
-                with open(f"/proc/{entry.name}/statm", "rb") as statm:
-                    total += int(statm.read().split()[1]) * _PAGE_SIZE
-            except (OSError, IndexError, ValueError):
-                continue  # exited while we looked
+    for pid in group_pids(pgid):
+        # A process that exited while we looked counts for nothing.
+        with (
+            contextlib.suppress(OSError, IndexError, ValueError),
+            open(f"/proc/{pid}/statm", "rb") as statm,
+        ):
+            total += int(statm.read().split()[1]) * _PAGE_SIZE
     return total
