@@ -82,7 +82,8 @@ class _BodyTooLarge(Exception):
 
 class _WorkerGone(Exception):
     """The request never got an answer from the worker because the worker died: nothing
-    listens on its port, or it closed a fresh connection and exited."""
+    listens on its port, it closed a fresh connection and exited, or it exited part-way
+    through a small answer nothing of which was sent on yet."""
 
 
 class StreamedBody:
@@ -291,7 +292,7 @@ class Forwarder:
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     return errors.upstream_timeout()
                 try:
-                    response = await self._relay(request, upstream, worker.version)
+                    response = await self._relay(request, upstream, worker)
                 finally:
                     upstream.release()
                 failed = response.status >= 500
@@ -304,10 +305,10 @@ class Forwarder:
             worker.in_flight.leave(failed)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, version: str
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, worker: Worker
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers)
-        headers[VERSION_HEADER] = version
+        headers[VERSION_HEADER] = worker.version
         length = upstream.content_length
         if (
             length is not None
@@ -318,8 +319,13 @@ class Forwarder:
             # A small answer of known size: one write of headers and body, no chunk loop.
             try:
                 body = await upstream.read()
-            except (TimeoutError, aiohttp.ClientError) as error:
+            except TimeoutError as error:
                 log.warning("upstream failed mid-response: %r", error)
+                return errors.upstream_failed(repr(error))
+            except aiohttp.ClientError as error:
+                log.warning("upstream failed mid-response, nothing sent yet: %r", error)
+                if await self.worker_died(worker):
+                    raise _WorkerGone(f"worker exited mid-answer: {error!r}") from error
                 return errors.upstream_failed(repr(error))
             del headers[hdrs.CONTENT_LENGTH]
             # Not prepared yet: __call__ closes its connection when shutting down.

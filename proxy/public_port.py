@@ -30,7 +30,7 @@ from yarl import URL
 from ..worker.swap import Worker
 from . import errors
 from .forward import HOP_BY_HOP, REPLAYABLE_BODY, Forwarder
-from .upstream import BrokenResponse, StaleConnection, UpstreamConnection, UpstreamPool
+from .upstream import BrokenResponse, CutShort, StaleConnection, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("aiohttp.access")
@@ -174,6 +174,7 @@ class PublicConnection(asyncio.Protocol):
         self._model_version = b""
         self._out: list[bytes] = []
         self._head_sent = False
+        self._holding = False
         self._chunked = False
         self._close_after = False
         self._status = 499  # nginx's code for a client that went away before the answer
@@ -375,11 +376,12 @@ class PublicConnection(asyncio.Protocol):
         self._use(replacement)
         return True
 
-    async def _resend_unless_alive(self, error: StaleConnection) -> None:
-        # A fresh connection closed without an answer too: a dying worker (resend elsewhere) or
-        # a sick one (502).
+    async def _resend_unless_alive(self, error: StaleConnection | CutShort) -> None:
+        # A fresh connection closed without an answer too, or an answer stopped before any of it
+        # went to the client: a dying worker (resend elsewhere) or a sick one (502).
         worker = self._worker
         assert worker is not None
+        self._reset_response()  # what was held of a cut answer is dropped
         if not await self._forwarder.worker_died(worker):
             self._own_answer(errors.upstream_failed(str(error)))
             self._finish(failed=True)
@@ -419,6 +421,12 @@ class PublicConnection(asyncio.Protocol):
                 log.debug("retrying %s after %s", self._url, error)  # once, on a new connection
                 steps = self._connect_and_send(fresh=True)
                 self._task = self._loop.create_task(self._guarded(steps))
+            return
+        if isinstance(error, CutShort) and not self._head_sent:
+            # Held whole (response_head), so the client has seen nothing: a worker that died
+            # mid-answer costs it nothing, the request goes to the replacement.
+            log.warning("upstream failed mid-response, nothing sent yet: %s", error)
+            self._task = self._loop.create_task(self._guarded(self._resend_unless_alive(error)))
             return
         if isinstance(error, TimeoutError):
             self._broken_or(errors.upstream_timeout())
@@ -480,7 +488,7 @@ class PublicConnection(asyncio.Protocol):
         self._status = status
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         listed: bytes | None = None
-        has_length = False
+        length: int | None = None
         for name, value in headers:
             lowered = name.lower()
             if lowered in _HOP_BY_HOP:
@@ -488,12 +496,17 @@ class PublicConnection(asyncio.Protocol):
                     listed = value if listed is None else listed + b"," + value
                 continue
             if lowered == b"content-length":
-                has_length = True
+                length = int(value)  # llhttp has checked it
             lines.append(b"%s: %s\r\n" % (name, value))
         if listed is not None:
             lines = lines[:1] + _without_listed(lines[1:], listed)
         lines.append(b"X-Model-Version: %s\r\n" % self._model_version)
-        if not has_length and status not in _NO_BODY_STATUSES:
+        # An answer of known, replayable size goes out whole, once it is all in: uvicorn writes
+        # the head and the body separately, and a worker killed between the two would otherwise
+        # leave the client a broken answer instead of one from the replacement. One write to
+        # the client instead of two, too.
+        self._holding = length is not None and length <= REPLAYABLE_BODY
+        if length is None and status not in _NO_BODY_STATUSES:
             if self._http11:
                 lines.append(b"Transfer-Encoding: chunked\r\n")
                 self._chunked = True
@@ -514,7 +527,7 @@ class PublicConnection(asyncio.Protocol):
             self._out.append(data)
 
     def response_flush(self) -> None:
-        if self._out:
+        if self._out and not self._holding:
             out = self._out
             self._out = []
             assert self.transport is not None
@@ -524,6 +537,7 @@ class PublicConnection(asyncio.Protocol):
     def response_end(self) -> None:
         if self._chunked:
             self._out.append(b"0\r\n\r\n")
+        self._holding = False
         self.response_flush()
 
     def _must_close(self) -> bool:

@@ -38,7 +38,8 @@ class ResponseSink(Protocol):
         """The answer is complete; the connection may go back to its pool."""
 
     def exchange_failed(self, error: Exception) -> None:
-        """StaleConnection, BrokenResponse or TimeoutError; the connection is closed."""
+        """StaleConnection, BrokenResponse (CutShort) or TimeoutError; the connection is
+        closed."""
 
 
 class StaleConnection(Exception):
@@ -48,6 +49,10 @@ class StaleConnection(Exception):
 
 class BrokenResponse(Exception):
     """The worker's answer stopped or was malformed after it began."""
+
+
+class CutShort(BrokenResponse):
+    """The worker closed the connection part-way through its answer: it may have died."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -183,7 +188,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if self._sink is not None:
             if self.received:
-                self._fail(BrokenResponse(f"connection closed mid-answer ({exc or 'EOF'})"))
+                self._fail(CutShort(f"connection closed mid-answer ({exc or 'EOF'})"))
             else:
                 self._fail(StaleConnection(f"connection closed before any answer ({exc or 'EOF'})"))
 

@@ -252,6 +252,73 @@ async def test_a_live_worker_that_closes_without_answering_is_502_at_once(
     server.close()
 
 
+async def _upstream_cutting_its_answer() -> tuple[asyncio.Server, Upstream, list[int]]:
+    """A worker that sends the head and part of a small answer, then closes: a worker killed
+    between uvicorn's two writes."""
+    cut: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\nX-From: dying\r\n\r\n{"predic')
+        await writer.drain()
+        writer.close()
+        cut.append(1)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, Upstream(f"http://127.0.0.1:{port}"), cut
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_a_worker_that_dies_part_way_through_a_small_answer_has_it_resent(
+    echo_upstream: TestServer, make_proxy: Any, body: Any
+) -> None:
+    server, dying, cut = await _upstream_cutting_its_answer()
+    proxy = await make_proxy(dying, queue_timeout=5)
+    live = Upstream(f"http://127.0.0.1:{echo_upstream.port}", version="8")
+
+    def exit_noticed() -> None:
+        dying.exited.set()
+        proxy.supervisor._set_active(live)
+
+    asyncio.get_running_loop().call_later(0.2, exit_noticed)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=body()) as response,
+    ):
+        # Nothing of the cut answer reached the client: only the replacement's.
+        assert response.status == 200
+        assert response.headers["X-Model-Version"] == "8"
+        assert "X-From" not in response.headers
+        assert (await response.json())["sha256"] == hashlib.sha256(b"{}").hexdigest()
+    assert len(cut) == 1
+    assert hits(echo_upstream) == ["/invocations"]
+    assert dying.in_flight.count == live.in_flight.count == 0
+    assert dying.in_flight.failed == 1 and live.in_flight.failed == 0
+    server.close()
+    await live.close()
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_a_live_worker_that_cuts_a_small_answer_short_is_502(
+    make_proxy: Any, body: Any
+) -> None:
+    server, sick, cut = await _upstream_cutting_its_answer()
+    proxy = await make_proxy(sick, queue_timeout=30)
+    started = asyncio.get_running_loop().time()
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.url + "/invocations", data=body()) as response,
+    ):
+        # A clean 502, not the head of an answer that never ends.
+        assert response.status == 502
+        assert (await response.json())["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert asyncio.get_running_loop().time() - started < 5
+    assert len(cut) == 1  # not resent: the worker got it and is still there
+    assert (sick.in_flight.count, sick.in_flight.failed) == (0, 1)
+    server.close()
+
+
 async def test_upstream_down_is_502_in_mlflow_shape(make_proxy: Any) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -255,12 +255,13 @@ async def test_connection_close_from_the_client_is_honoured(proxy: Proxy) -> Non
     writer.close()
 
 
-async def test_an_answer_cut_after_its_headers_closes_the_client_connection(
+async def test_a_large_answer_cut_after_its_headers_closes_the_client_connection(
     make_proxy: Any, scripted: Any
 ) -> None:
+    # Too large to hold until complete (small ones are: test_forward.py), so its head is out.
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nonly part" % (2 << 20))
         await writer.drain()
 
     port, _accepted = await scripted(cut)
