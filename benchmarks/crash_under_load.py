@@ -1,0 +1,156 @@
+"""Crashes under load: SIGKILL the active worker again and again while a lingering one is warm.
+
+    .venv/bin/python benchmarks/crash_under_load.py [--kills 20] [--concurrency 4]
+
+An embedded MLflow registry holds two iris versions; `mlflow-bluegreen serve --linger 600`
+follows `models:/iris@champion`, which moves once so that the first version lingers. Then, under
+closed-loop load, the active worker's whole process group is SIGKILLed `--kills` times, each
+time once the sidecar has restarted it and the other version is warm again. The kill lands at a
+different point of a request each time (a spread of 0-0.9 s after the sidecar is settled).
+
+Goal: 0 failed requests. A request in flight on the killed worker is resent to the lingering
+one, whether the worker died before answering it or part-way through the answer (answers up to
+1 MiB reach the client only whole). The summary counts how often each happened.
+Exits 1 if a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from common import machine, out_path, register_iris_versions, versions, write_json
+
+from mlflow_bluegreen.proxy.demo import SidecarProcess
+from mlflow_bluegreen.proxy.loadgen import LoadResult, closed_loop
+from mlflow_bluegreen.worker.sandbox import EmbeddedRegistry, set_alias
+
+# Log lines: the public port's, when a worker's answer stopped before any of it went out; the
+# supervisor's, when the active worker died and the lingering one took over (the history in
+# /status keeps only the last 50 swaps).
+CUT_AND_RESENT = "nothing sent yet"
+FELL_BACK = "traffic back on"
+
+
+async def settled(sidecar: SidecarProcess, timeout: float, killed: int | None) -> dict[str, Any]:
+    """The sidecar's status once an active worker serves and a lingering one is warm, and the
+    worker last `killed` (a pid) is no longer either: its exit takes up to 0.1 s to be seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await asyncio.to_thread(sidecar.status)
+        active, lingering = status["active"], status["lingering"]
+        if (
+            active
+            and lingering
+            and lingering["alive"]
+            and killed not in (active["pid"], lingering["pid"])
+            and not status["swap_in_progress"]
+        ):
+            return status
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no active and warm lingering worker after {timeout} s: {status}")
+        await asyncio.sleep(0.2)
+
+
+async def kill_under_load(
+    sidecar: SidecarProcess, args: argparse.Namespace
+) -> tuple[LoadResult, list[dict[str, Any]]]:
+    stop = asyncio.Event()
+    began = time.monotonic()
+    load = asyncio.create_task(
+        closed_loop(f"{sidecar.url}/invocations", stop, concurrency=args.concurrency, began=began)
+    )
+    kills: list[dict[str, Any]] = []
+    killed = None
+    try:
+        for number in range(args.kills):
+            status = await settled(sidecar, args.restart_timeout, killed)
+            await asyncio.sleep(0.3 + (number % 7) * 0.1)
+            victim = status["active"]
+            killed = victim["pid"]
+            os.killpg(killed, signal.SIGKILL)
+            kills.append({"t_s": round(time.monotonic() - began, 3), "version": victim["version"]})
+            print(f"  kill {number + 1}/{args.kills}: v{victim['version']} (pid {victim['pid']})")
+        await settled(sidecar, args.restart_timeout, killed)
+    finally:
+        stop.set()
+    return await load, kills
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with EmbeddedRegistry() as registry:
+        print("• registering two iris versions …", flush=True)
+        first, second = register_iris_versions(registry.uri, "iris", (1.0, 0.05))
+        set_alias(registry.uri, "iris", "champion", first)
+        print("• starting mlflow-bluegreen serve --linger 600 …", flush=True)
+        with SidecarProcess(
+            "models:/iris@champion",
+            tracking_uri=registry.uri,
+            extra_args=("--poll-interval", "0.5", "--linger", "600"),
+        ) as sidecar:
+            sidecar.wait_active(first, timeout=args.restart_timeout)
+            set_alias(registry.uri, "iris", "champion", second)
+            sidecar.wait_active(second, timeout=args.restart_timeout)
+            print(f"• {args.kills} kills under load, {args.concurrency} connections …")
+            result, kills = asyncio.run(kill_under_load(sidecar, args))
+            log = sidecar.log_text()
+    failures = result.failures
+    return {
+        "requests": len(result.outcomes),
+        "failed": len(failures),
+        "failure_kinds": result.describe_failures(limit=10),
+        "by_version": dict(result.by_version()),
+        "kills": kills,
+        "fallbacks": log.count(FELL_BACK),
+        "cut_and_resent": log.count(CUT_AND_RESENT),
+        "failures": [vars(o) for o in failures],
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=4, help="closed-loop clients")
+    parser.add_argument("--restart-timeout", type=float, default=240.0, help="seconds")
+    args = parser.parse_args()
+    if args.kills < 1 or args.concurrency < 1:
+        parser.error("--kills and --concurrency must be at least 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    info = machine()
+    began = time.monotonic()
+    summary = run(args)
+    print(f"\n=== crashes under load — {info['date']}, {info['cpus']} cores (shared machine) ===")
+    print(
+        f"kills: {len(summary['kills'])}   fallbacks to the lingering worker:"
+        f" {summary['fallbacks']}   requests: {summary['requests']}   failed:"
+        f" {summary['failed']}" + (f" ({summary['failure_kinds']})" if summary["failed"] else "")
+    )
+    print(f"answers cut by a kill and resent whole: {summary['cut_and_resent']}")
+    path = out_path("crash_under_load", ".json")
+    write_json(
+        path,
+        {
+            "machine": info,
+            "versions": versions(),
+            "config": vars(args),
+            "summary": summary,
+            "seconds": round(time.monotonic() - began, 1),
+        },
+    )
+    print(f"results: {path}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
