@@ -116,6 +116,21 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, default=str))
 
 
+def save_run(
+    stem: str, info: dict[str, Any], config: dict[str, Any], began: float, **parts: Any
+) -> Path:
+    """A run's JSON in benchmarks/out/: the machine, the packages, the config, `parts`, and the
+    seconds since `began` (time.monotonic()). Prints where it went."""
+    path = out_path(stem, ".json")
+    seconds = round(time.monotonic() - began, 1)
+    write_json(
+        path,
+        {"machine": info, "versions": versions(), "config": config, **parts, "seconds": seconds},
+    )
+    print(f"results: {path}")
+    return path
+
+
 def register_iris_versions(registry_uri: str, name: str, strengths: Sequence[float]) -> list[str]:
     """Train and register one iris version per strength. MLflow's chatter (run links, schema
     hints) would bury the benchmark's own output: it is shown only if registering fails."""

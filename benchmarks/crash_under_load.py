@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from common import machine, out_path, register_iris_versions, versions, write_json
+from common import machine, register_iris_versions, save_run
 
 from mlflow_bluegreen.proxy.demo import SidecarProcess
 from mlflow_bluegreen.proxy.loadgen import LoadResult, closed_loop
@@ -137,18 +137,7 @@ def main() -> int:
         f" {summary['failed']}" + (f" ({summary['failure_kinds']})" if summary["failed"] else "")
     )
     print(f"answers cut by a kill and resent whole: {summary['cut_and_resent']}")
-    path = out_path("crash_under_load", ".json")
-    write_json(
-        path,
-        {
-            "machine": info,
-            "versions": versions(),
-            "config": vars(args),
-            "summary": summary,
-            "seconds": round(time.monotonic() - began, 1),
-        },
-    )
-    print(f"results: {path}")
+    save_run("crash_under_load", info, vars(args), began, summary=summary)
     return 0 if summary["failed"] == 0 else 1
 
 

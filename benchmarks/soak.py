@@ -31,9 +31,8 @@ from common import (
     percentile,
     process_stats,
     register_iris_versions,
+    save_run,
     table,
-    versions,
-    write_json,
 )
 from openloop import ERROR, LATENCY, SCHEDULED, STATUS, VERSION, LoadChild, Record
 
@@ -335,22 +334,17 @@ def main() -> int:
     result = run(args)
     summary = summarize(result)
     print_summary(summary, result, info)
-    path = out_path("soak", ".json")
-    write_json(
-        path,
-        {
-            "machine": info,
-            "versions": versions(),
-            "config": vars(args),
-            "summary": summary,
-            "samples": result["samples"],
-            "moves": result["moves"],
-            "history": result["history"],
-            "failures": [r for r in result["records"] if r[STATUS] != 200],
-            "seconds": round(time.monotonic() - began, 1),
-        },
+    save_run(
+        "soak",
+        info,
+        vars(args),
+        began,
+        summary=summary,
+        samples=result["samples"],
+        moves=result["moves"],
+        history=result["history"],
+        failures=[r for r in result["records"] if r[STATUS] != 200],
     )
-    print(f"results: {path}")
     return 0 if all(summary["checks"].values()) and result["exit_code"] == 0 else 1
 
 

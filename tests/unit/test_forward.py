@@ -182,12 +182,16 @@ async def test_a_connection_closed_before_any_response_byte_is_retried_once(
     assert connections == 2
 
 
-async def _never_answering_upstream() -> tuple[asyncio.Server, Upstream, list[int]]:
-    """A worker that reads each request and closes the connection without a byte of answer."""
+async def _upstream_closing(answer_begun: bytes) -> tuple[asyncio.Server, Upstream, list[int]]:
+    """A worker that reads each request, writes `answer_begun` (perhaps nothing) and closes the
+    connection: what a SIGKILL does to the requests in flight."""
     closed: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
+        if answer_begun:
+            writer.write(answer_begun)
+            await writer.drain()
         writer.close()
         closed.append(1)
 
@@ -202,15 +206,25 @@ async def _chunked(body: bytes) -> AsyncIterator[bytes]:
 
 # A small body goes the fast path; a chunked one is handed to aiohttp: both must behave alike.
 BODIES = {"fast path": lambda: b"{}", "aiohttp path": lambda: _chunked(b"{}")}
+# Where a worker can stop: before any byte of an answer (the request is then tried once more on
+# a fresh connection: two closes), or between uvicorn's writes of an answer's head and its body.
+CLOSES = {
+    "before answering": (b"", 2),
+    "part-way through a small answer": (
+        b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\nX-From: dying\r\n\r\n{"predic',
+        1,
+    ),
+}
 
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
-async def test_a_worker_that_dies_without_answering_has_the_request_resent_to_its_replacement(
-    echo_upstream: TestServer, make_proxy: Any, body: Any
+@pytest.mark.parametrize(("answer_begun", "closes"), CLOSES.values(), ids=CLOSES.keys())
+async def test_a_worker_that_dies_with_a_request_has_it_resent_to_its_replacement(
+    echo_upstream: TestServer, make_proxy: Any, body: Any, answer_begun: bytes, closes: int
 ) -> None:
-    # What a SIGKILLed worker does: its connections close (the retry on a fresh one too) a
-    # moment before its exit is noticed and traffic moves to the replacement.
-    server, dying, closed = await _never_answering_upstream()
+    # What a SIGKILLed worker does: its connections close a moment before its exit is noticed
+    # and traffic moves to the replacement.
+    server, dying, closed = await _upstream_closing(answer_begun)
     proxy = await make_proxy(dying, queue_timeout=5)
     live = Upstream(f"http://127.0.0.1:{echo_upstream.port}", version="8")
 
@@ -223,87 +237,25 @@ async def test_a_worker_that_dies_without_answering_has_the_request_resent_to_it
         aiohttp.ClientSession() as client,
         client.post(proxy.url + "/invocations", data=body()) as response,
     ):
-        assert response.status == 200
-        assert response.headers["X-Model-Version"] == "8"
-    assert len(closed) == 2  # the request and its one retry on a fresh connection
-    assert hits(echo_upstream) == ["/invocations"]
-    assert dying.in_flight.count == live.in_flight.count == 0
-    server.close()
-    await live.close()
-
-
-@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
-async def test_a_live_worker_that_closes_without_answering_is_502_at_once(
-    make_proxy: Any, body: Any
-) -> None:
-    server, sick, closed = await _never_answering_upstream()
-    proxy = await make_proxy(sick, queue_timeout=30)
-    started = asyncio.get_running_loop().time()
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(proxy.url + "/invocations", data=body()) as response,
-    ):
-        assert response.status == 502
-        assert (await response.json())["error_code"] == "TEMPORARILY_UNAVAILABLE"
-    # Not held for the queue timeout: a worker still alive is not being replaced.
-    assert asyncio.get_running_loop().time() - started < 5
-    assert len(closed) == 2
-    assert sick.in_flight.count == 0
-    server.close()
-
-
-async def _upstream_cutting_its_answer() -> tuple[asyncio.Server, Upstream, list[int]]:
-    """A worker that sends the head and part of a small answer, then closes: a worker killed
-    between uvicorn's two writes."""
-    cut: list[int] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\nX-From: dying\r\n\r\n{"predic')
-        await writer.drain()
-        writer.close()
-        cut.append(1)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, Upstream(f"http://127.0.0.1:{port}"), cut
-
-
-@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
-async def test_a_worker_that_dies_part_way_through_a_small_answer_has_it_resent(
-    echo_upstream: TestServer, make_proxy: Any, body: Any
-) -> None:
-    server, dying, cut = await _upstream_cutting_its_answer()
-    proxy = await make_proxy(dying, queue_timeout=5)
-    live = Upstream(f"http://127.0.0.1:{echo_upstream.port}", version="8")
-
-    def exit_noticed() -> None:
-        dying.exited.set()
-        proxy.supervisor._set_active(live)
-
-    asyncio.get_running_loop().call_later(0.2, exit_noticed)
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(proxy.url + "/invocations", data=body()) as response,
-    ):
-        # Nothing of the cut answer reached the client: only the replacement's.
+        # Nothing of a cut answer reached the client: only the replacement's.
         assert response.status == 200
         assert response.headers["X-Model-Version"] == "8"
         assert "X-From" not in response.headers
         assert (await response.json())["sha256"] == hashlib.sha256(b"{}").hexdigest()
-    assert len(cut) == 1
+    assert len(closed) == closes
     assert hits(echo_upstream) == ["/invocations"]
     assert dying.in_flight.count == live.in_flight.count == 0
-    assert dying.in_flight.failed == 1 and live.in_flight.failed == 0
+    assert (dying.in_flight.failed, live.in_flight.failed) == (1, 0)
     server.close()
     await live.close()
 
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
-async def test_a_live_worker_that_cuts_a_small_answer_short_is_502(
-    make_proxy: Any, body: Any
+@pytest.mark.parametrize(("answer_begun", "closes"), CLOSES.values(), ids=CLOSES.keys())
+async def test_a_live_worker_that_closes_with_a_request_is_502_at_once(
+    make_proxy: Any, body: Any, answer_begun: bytes, closes: int
 ) -> None:
-    server, sick, cut = await _upstream_cutting_its_answer()
+    server, sick, closed = await _upstream_closing(answer_begun)
     proxy = await make_proxy(sick, queue_timeout=30)
     started = asyncio.get_running_loop().time()
     async with (
@@ -313,8 +265,9 @@ async def test_a_live_worker_that_cuts_a_small_answer_short_is_502(
         # A clean 502, not the head of an answer that never ends.
         assert response.status == 502
         assert (await response.json())["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    # Not held for the queue timeout: a worker still alive is not being replaced.
     assert asyncio.get_running_loop().time() - started < 5
-    assert len(cut) == 1  # not resent: the worker got it and is still there
+    assert len(closed) == closes  # not resent: the worker is still there
     assert (sick.in_flight.count, sick.in_flight.failed) == (0, 1)
     server.close()
 
