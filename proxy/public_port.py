@@ -503,8 +503,8 @@ class PublicConnection(asyncio.Protocol):
         lines.append(b"X-Model-Version: %s\r\n" % self._model_version)
         # An answer of known, replayable size goes out whole, once it is all in: uvicorn writes
         # the head and the body separately, and a worker killed between the two would otherwise
-        # leave the client a broken answer instead of one from the replacement. One write to
-        # the client instead of two, too.
+        # leave the client a broken answer instead of one from the replacement. Otherwise both
+        # come in one read: holding costs nothing (syscalls per request unchanged).
         self._holding = length is not None and length <= REPLAYABLE_BODY
         if length is None and status not in _NO_BODY_STATUSES:
             if self._http11:
