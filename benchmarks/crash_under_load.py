@@ -94,7 +94,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with SidecarProcess(
             "models:/iris@champion",
             tracking_uri=registry.uri,
-            extra_args=("--poll-interval", "0.5", "--linger", f"{args.linger:g}"),
+            extra_args=(
+                *("--poll-interval", "0.5", "--linger", f"{args.linger:g}"),
+                # Every kill lands within a minute of the restart: otherwise the second would
+                # count as a crash loop, and the version would back off.
+                *("--crash-window", "0"),
+            ),
         ) as sidecar:
             sidecar.wait_active(first, timeout=args.restart_timeout)
             set_alias(registry.uri, "iris", "champion", second)

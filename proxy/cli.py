@@ -211,6 +211,15 @@ def main() -> None:
     "the new worker dies or fails health checks. 0 stops it at once; costs its memory.",
 )
 @option(
+    "--crash-window",
+    env="crash_window",
+    default=60.0,
+    type=click.FloatRange(min=0),
+    help="An active worker that exits within this many seconds of taking traffic, twice in a "
+    "row, makes its version count as failed: it backs off and the version that served before "
+    "it serves meanwhile. 0: every exit is restarted at once.",
+)
+@option(
     "--allow-signature-change/--no-allow-signature-change",
     env="allow_signature_change",
     default=False,

@@ -28,6 +28,7 @@ class Config:
     max_body_size: int = 64 * 1024 * 1024
     keepalive_timeout: float = 75.0
     linger: float = 0.0
+    crash_window: float = 60.0
     allow_signature_change: bool = False
     canary_percent: float = 0.0
     canary_seconds: float = 60.0

@@ -47,6 +47,7 @@ class Sidecar:
             startup_timeout=config.startup_timeout,
             drain_timeout=config.drain_timeout,
             linger=config.linger,
+            crash_window=config.crash_window,
             canary=config.canary_policy(),
             allow_signature_change=config.allow_signature_change,
         )

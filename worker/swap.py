@@ -14,6 +14,10 @@ With `linger`, the replaced worker stays up without traffic for that long: the a
 back to it, `rollback()`, or the new worker dying or failing its health checks switch back to
 it at once, with no cold start. Never more than two workers run: a swap to a third version
 stops the lingering one first, since it needs its slot.
+
+An active worker that dies is restarted at once; one that dies twice in a row soon after taking
+traffic makes its version fail like one that never got ready. Whenever nothing serves and the
+wanted version is backing off, the version that served before it is brought back meanwhile.
 """
 
 from __future__ import annotations
@@ -156,6 +160,14 @@ class _Failure:
     error: str
 
 
+@dataclass
+class _CrashLoop:
+    """Exits of one version's active worker soon after it took traffic, in a row."""
+
+    backoff: Backoff
+    count: int = 0
+
+
 class Supervisor:
     """Keeps the wanted version serving, one swap at a time."""
 
@@ -175,6 +187,7 @@ class Supervisor:
         allow_signature_change: bool = False,
         health_interval: float = 1.0,
         health_failures: int = 3,
+        crash_window: float = 60.0,
     ) -> None:
         self._factory = factory
         self.startup_timeout = startup_timeout
@@ -188,9 +201,20 @@ class Supervisor:
         self.allow_signature_change = allow_signature_change
         self.health_interval = health_interval
         self.health_failures = health_failures
+        # An active worker that exits within this many seconds of taking traffic exited early:
+        # twice in a row, and its version is failing, like one that never got ready.
+        self.crash_window = crash_window
         self.active: Worker | None = None
         self.active_since: float | None = None
+        self._active_from = 0.0  # monotonic twin of active_since
         self.served = False  # a worker has been active at least once
+        # Versions that took traffic, latest last: what to bring back while the wanted one fails.
+        self._served_versions: deque[str] = deque(maxlen=8)
+        # (version, input schema) of the last version that took traffic: what callers rely on,
+        # and what the signature guard compares a new version with, even once it is gone.
+        self._served_schema: tuple[str, Any] | None = None
+        self._inputs: dict[Worker, Any] = {}  # input schema of each worker brought up
+        self._crash_loops: dict[str, _CrashLoop] = {}
         self._switched = asyncio.Event()  # pulsed on every change of `active`
         self.wanted: str | None = None
         self.registry_version: str | None = None  # what the registry names, pinned or not
@@ -202,7 +226,10 @@ class Supervisor:
         self._next_cause = "initial"
         self._last_slot: str | None = None
         self._starting: Worker | None = None
+        # Workers being drained or stopped: until they are gone their slot is busy and close()
+        # still owes them a stop, even if whoever began it was cancelled meanwhile.
         self._retiring: set[Worker] = set()
+        self._stopping: dict[Worker, asyncio.Task[None]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         # A replaced worker kept warm, without traffic, until `lingering_until` (wall clock).
         self.lingering: Worker | None = None
@@ -241,6 +268,7 @@ class Supervisor:
     def retry_now(self) -> None:
         """Forget the backoff of failed versions: an operator asked to try again."""
         self._failures.clear()
+        self._crash_loops.clear()
         self._wake.set()
 
     async def rollback(self, timeout: float = 10.0) -> Worker:
@@ -280,9 +308,18 @@ class Supervisor:
         return self.active is not None
 
     def _set_active(self, worker: Worker | None) -> None:
+        outgoing = self.active
+        if outgoing is not None and time.monotonic() - self._active_from >= self.crash_window:
+            self._crash_loops.pop(outgoing.version, None)  # it served its time: no crash loop
         self.active = worker
         self.active_since = time.time() if worker is not None else None
-        self.served = self.served or worker is not None
+        self._active_from = time.monotonic()
+        if worker is not None:
+            self.served = True
+            with contextlib.suppress(ValueError):
+                self._served_versions.remove(worker.version)
+            self._served_versions.append(worker.version)
+            self._served_schema = (worker.version, self._inputs.get(worker))
         self._switched.set()
         self._switched = asyncio.Event()
 
@@ -299,8 +336,8 @@ class Supervisor:
         """The worker for the next request: the active one, or during a canary sometimes the
         new one."""
         canary = self.canary
-        if canary is not None and random.random() < self.canary_share:
-            return canary
+        if canary is not None and (self.active is None or random.random() < self.canary_share):
+            return canary  # also all of it when the old worker died: the canary is warm
         return self.active
 
     def worker_for(self, version: str) -> Worker | None:
@@ -349,17 +386,35 @@ class Supervisor:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
                 continue
+            fallback = target != self.wanted
+            if fallback:
+                self._next_cause = (
+                    f"fallback: {self.wanted} cannot serve now; {target} served before"
+                )
             if self._can_switch_back(target):
                 self._switch_back(target)
             else:
-                await self._swap(target)
+                await self._swap(target, vetted=fallback)
 
     def _target(self) -> str | None:
-        if self.wanted is None:
+        wanted = self.wanted
+        if wanted is None:
             return None
-        if self.active is not None and self.active.version == self.wanted:
+        if self.active is not None:
+            return None if self.active.version == wanted else wanted
+        if self._retry_delay(wanted) > 0:
+            return self._fallback_version() or wanted
+        return wanted
+
+    def _fallback_version(self) -> str | None:
+        """With nothing serving and the wanted version backing off after a failure: the latest
+        other version that took traffic, to serve meanwhile. None while pinned by a rollback."""
+        if self.pinned is not None:
             return None
-        return self.wanted
+        for version in reversed(self._served_versions):
+            if version != self.wanted and self._retry_delay(version) <= 0:
+                return version
+        return None
 
     def _retry_delay(self, version: str) -> float:
         if self._can_switch_back(version):
@@ -375,7 +430,10 @@ class Supervisor:
         lingering = self.lingering
         return lingering is not None and lingering.version == version and lingering.alive
 
-    async def _swap(self, version: str) -> None:
+    async def _swap(self, version: str, *, vetted: bool = False) -> None:
+        """Bring `version` up in the idle slot and switch to it. `vetted`: it took traffic
+        before, and is brought back because the wanted version cannot serve: no signature
+        guard, since serving the callers' previous version beats serving nothing."""
         if self.lingering is not None:
             # The new version needs the lingering worker's slot.
             await self._end_linger("replaced by a swap to another version")
@@ -401,8 +459,8 @@ class Supervisor:
         worker = self._factory(slot, version)
         self._starting = worker
         try:
-            await self._bring_up(worker, old, record)
-            if old is not None and self.canary_policy is not None:
+            await self._bring_up(worker, record, vetted=vetted)
+            if old is not None and old.alive and self.canary_policy is not None:
                 await self._run_canary(worker, old, record)
         except WorkerFailed as failure:
             self._starting = None
@@ -412,7 +470,7 @@ class Supervisor:
             self._starting = None
             self.canary = None
             with contextlib.suppress(Exception):
-                await worker.stop(self.stop_grace)
+                await self._stopped(worker)
             raise
         self._starting = None
 
@@ -428,7 +486,8 @@ class Supervisor:
         log.info("swap %s -> %s: switched to %s", record.from_version, version, slot)
         self._watch(worker)
 
-        if old is not None:
+        # An old worker that died during the swap is being stopped by its watcher already.
+        if old is not None and old.alive:
             if self.linger > 0:
                 self._begin_linger(old)
                 _step_done(record, "linger", self.linger)
@@ -494,7 +553,7 @@ class Supervisor:
             },
         )
 
-    async def _bring_up(self, worker: Worker, old: Worker | None, record: SwapRecord) -> None:
+    async def _bring_up(self, worker: Worker, record: SwapRecord, *, vetted: bool) -> None:
         step = time.monotonic()
         try:
             await worker.start()
@@ -506,9 +565,14 @@ class Supervisor:
         launched = time.monotonic() - step - sum(prepared.values())
         _step_done(record, "start", round(max(launched, 0.0), 3))
         step = time.monotonic()  # the health clock measures the boot alone
-        if old is not None and not self.allow_signature_change:
+        served = self._served_schema
+        if (
+            served is not None
+            and served[0] != worker.version
+            and not (vetted or self.allow_signature_change)
+        ):
             record.step = "signature"
-            await self._check_signature(old, worker, record)
+            await self._check_signature(served, worker, record)
         record.step = "ready"
         # --startup-timeout bounds download, environment build and boot together.
         await worker.wait_ready(max(self.startup_timeout - sum(prepared.values()), 1.0))
@@ -522,18 +586,25 @@ class Supervisor:
         _step_done(record, "warm_up", round(time.monotonic() - step, 3))
         if not warmed:
             log.warning("version %s has no input example: warm-up skipped", worker.version)
+        # Read once while the MLmodel is at hand (the worker read it for the warm-up): the
+        # next version's guard compares with it even if this worker is gone by then.
+        self._inputs[worker] = await worker.input_schema()
 
-    async def _check_signature(self, old: Worker, new: Worker, record: SwapRecord) -> None:
-        """Block a version whose inputs would break the active version's callers. Runs while
-        the new worker boots, so a blocked version costs no wait for its cold start."""
+    async def _check_signature(
+        self, served: tuple[str, Any], new: Worker, record: SwapRecord
+    ) -> None:
+        """Block a version whose inputs would break the callers of the version that served
+        last (active, or dead and being restarted). Runs while the new worker boots, so a
+        blocked version costs no wait for its cold start."""
         step = time.monotonic()
-        before, after = await asyncio.gather(old.input_schema(), new.input_schema())
+        version, before = served
+        after = await new.input_schema()
         _step_done(record, "signature", round(time.monotonic() - step, 3))
         problems = breaking_changes(before, after)
         if problems:
             raise WorkerFailed(
                 "signature",
-                f"inputs incompatible with version {old.version}: {'; '.join(problems)} "
+                f"inputs incompatible with version {version}: {'; '.join(problems)} "
                 "(--allow-signature-change lets it through)",
             )
 
@@ -554,16 +625,24 @@ class Supervisor:
             worker.version,
             policy.seconds,
         )
-        exited = False
+        new_exit = asyncio.ensure_future(worker.wait_exit())
+        old_exit = asyncio.ensure_future(old.wait_exit())
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(policy.seconds):
-                    await worker.wait_exit()
-                    exited = True
+            done, _pending = await asyncio.wait(
+                (new_exit, old_exit), timeout=policy.seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
+            new_exit.cancel()
+            old_exit.cancel()
             self.canary = None
-        # Requests it took before the end count too: judge once they are answered.
-        await worker.in_flight.wait_idle(self.drain_timeout)
+        exited = new_exit in done
+        old_died = old_exit in done and not exited
+        if old_died:
+            # Nothing else serves now: judge on what the canary answered so far, at once.
+            log.warning("old worker %s v%s exited during the canary", old.slot, old.version)
+        else:
+            # Requests it took before the end count too: judge once they are answered.
+            await worker.in_flight.wait_idle(self.drain_timeout)
         _step_done(record, "canary", round(time.monotonic() - step, 3))
         figures = {
             name: {
@@ -589,6 +668,8 @@ class Supervisor:
             },
             "passed": passed,
         }
+        if old_died:
+            record.canary["ended_early"] = "the old worker exited"
         log.info("canary of %s: %s", worker.version, record.canary)
         if exited:
             raise WorkerFailed("canary", "the new worker exited during the canary")
@@ -604,9 +685,7 @@ class Supervisor:
         self, worker: Worker, record: SwapRecord, failure: WorkerFailed, began: float
     ) -> None:
         # A canary may be answering requests: let them finish before the worker goes.
-        await worker.in_flight.wait_idle(self.drain_timeout)
-        await worker.stop(self.stop_grace)
-        self.observer.worker_up(worker.slot, False)
+        await self._retire(worker)
         version = record.to_version
         previous = self._failures.get(version)
         backoff = previous.backoff if previous else Backoff(self._retry_base, self._retry_cap)
@@ -636,9 +715,14 @@ class Supervisor:
         self.history.append(record)
         self.observer.swap_finished(record)
 
-    async def _retire(self, worker: Worker, record: SwapRecord | None = None) -> bool:
+    async def _retire(
+        self, worker: Worker, record: SwapRecord | None = None, *, drain: bool = True
+    ) -> bool:
+        """Let `worker` finish its requests (if `drain`), then stop it. It stays in `_retiring`
+        until stopped, also when this is cancelled half-way (shutdown): close() finishes it."""
         self._retiring.add(worker)
-        try:
+        drained = True
+        if drain:
             step = time.monotonic()
             drained = await worker.in_flight.wait_idle(self.drain_timeout)
             if record is not None:
@@ -651,14 +735,34 @@ class Supervisor:
                     worker.in_flight.count,
                     self.drain_timeout,
                 )
-            step = time.monotonic()
+        step = time.monotonic()
+        await self._stopped(worker)
+        if record is not None:
+            _step_done(record, "stop", round(time.monotonic() - step, 3))
+        self.observer.worker_up(worker.slot, False)
+        self._retiring.discard(worker)
+        return drained
+
+    def _stop_task(self, worker: Worker) -> asyncio.Task[None]:
+        """`worker.stop()` in a task of its own, one per worker, tracked until done."""
+        task = self._stopping.get(worker)
+        if task is None:
+            task = asyncio.create_task(self._stop_quietly(worker), name=f"stop-{worker.slot}")
+            self._stopping[worker] = task
+        return task
+
+    async def _stop_quietly(self, worker: Worker) -> None:
+        try:
             await worker.stop(self.stop_grace)
-            if record is not None:
-                _step_done(record, "stop", round(time.monotonic() - step, 3))
-            self.observer.worker_up(worker.slot, False)
-            return drained
+        except Exception:  # a stop that fails must not keep the slot busy forever
+            log.exception("stopping worker %s v%s failed", worker.slot, worker.version)
         finally:
-            self._retiring.discard(worker)
+            self._stopping.pop(worker, None)
+            self._inputs.pop(worker, None)
+
+    async def _stopped(self, worker: Worker) -> None:
+        """Stop `worker` and wait for it. A caller cancelled meanwhile does not abort the stop."""
+        await asyncio.shield(self._stop_task(worker))
 
     # -- linger --------------------------------------------------------------------------------
 
@@ -716,7 +820,8 @@ class Supervisor:
                 failures,
                 self.health_failures,
             )
-            if failures >= self.health_failures and self.lingering is worker:
+            # Pinned by a rollback: the operator chose the active version over this one.
+            if failures >= self.health_failures and self.lingering is worker and not self.pinned:
                 await self._fall_back(active, f"{failures} failed health checks")
                 return
         if self.lingering is worker:
@@ -739,8 +844,8 @@ class Supervisor:
         )
         self._next_cause = f"restart after {reason}"
         self.observer.worker_up(failed.slot, False)
-        await failed.stop(self.stop_grace)
-        self._wake.set()
+        self._wake.set()  # the restart waits for the failed worker's slot (`_retiring`)
+        await self._retire(failed, drain=False)
 
     def _watch(self, worker: Worker) -> None:
         """Restart the version if its worker dies while it is active (after a fallback to a
@@ -756,7 +861,9 @@ class Supervisor:
                 return
             if self.active is not worker:
                 return
-            if self.lingering is not None and self.lingering.alive:
+            self._note_exit(worker, code)
+            lingering = self.lingering
+            if lingering is not None and lingering.alive and not self.pinned:
                 await self._fall_back(worker, f"exited with code {code}")
                 return
             log.error(
@@ -769,12 +876,35 @@ class Supervisor:
             self._next_cause = "restart after exit"
             self.observer.active_changed(None)
             self.observer.worker_up(worker.slot, False)
-            await worker.stop(self.stop_grace)  # reaps what is left of its process group
-            self._wake.set()
+            self._wake.set()  # the restart takes the other slot: no need to wait for this stop
+            await self._retire(worker, drain=False)  # reaps what is left of its process group
 
         task = asyncio.create_task(watch(), name=f"watch-{worker.slot}")
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
+
+    def _note_exit(self, worker: Worker, code: int | None) -> None:
+        """Count an exit of the active worker soon after it took traffic. The first is restarted
+        at once like any crash; from the second in a row the version backs off like one that
+        failed to start, and the version that served before it (or the lingering one) serves
+        meanwhile."""
+        served = time.monotonic() - self._active_from
+        version = worker.version
+        if served >= self.crash_window:
+            self._crash_loops.pop(version, None)
+            return
+        loop = self._crash_loops.setdefault(
+            version, _CrashLoop(Backoff(self._retry_base, self._retry_cap))
+        )
+        loop.count += 1
+        if loop.count < 2:
+            return
+        delay = loop.backoff.next_delay()
+        error = (
+            f"exit: code {code} {served:.1f} s after taking traffic, {loop.count} times in a row"
+        )
+        self._failures[version] = _Failure(loop.backoff, time.monotonic() + delay, error)
+        log.error("version %s is crash-looping (%s); next attempt in %.1f s", version, error, delay)
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -783,12 +913,14 @@ class Supervisor:
         for task in list(self._watchers):
             task.cancel()
         self._cancel_linger_timer()
-        workers = [w for _role, w in self.workers()]
+        # Also those whose stop began and whose stopper was cancelled: each stop runs once.
+        workers = {w for _role, w in self.workers()} | set(self._stopping)
         self.lingering = None
         self.canary = None
         self._set_active(None)
         self.observer.active_changed(None)
-        await asyncio.gather(*(w.stop(self.stop_grace) for w in workers), return_exceptions=True)
+        await asyncio.gather(*(self._stop_task(w) for w in workers), return_exceptions=True)
+        self._retiring.clear()
         for worker in workers:
             self.observer.worker_up(worker.slot, False)
 

@@ -23,7 +23,7 @@ HITS = web.AppKey("hits", list)
 BIG = 3 * 1024 * 1024 + 17  # over the replay limit: streamed, not read whole
 
 
-@dataclass
+@dataclass(eq=False)  # a worker is itself, not its fields: the supervisor keys state by it
 class Upstream:
     """What a worker needs to be forwarded to: an address and its connection pools."""
 
