@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from ..worker.process import WorkerProcess, WorkerSpec, become_subreaper
 from ..worker.registry import FixedResolver, RegistryResolver, Resolver
+from ..worker.stash import ModelStash
 from ..worker.swap import Supervisor
 from ..worker.uri import ModelRef, parse_model_uri
 from ..worker.watcher import Watcher
@@ -42,8 +44,12 @@ class Sidecar:
             prefetch_timeout=config.startup_timeout,
         )
         ref = self.ref
+        self.stash = ModelStash()  # a dead worker's model copy, for its restart
+        stash = self.stash
         self.supervisor = Supervisor(
-            lambda slot, version: WorkerProcess(slot, version, ref.launch_uri(version), spec),
+            lambda slot, version: WorkerProcess(
+                slot, version, ref.launch_uri(version), spec, stash
+            ),
             startup_timeout=config.startup_timeout,
             drain_timeout=config.drain_timeout,
             linger=config.linger,
@@ -77,6 +83,13 @@ class Sidecar:
             "registry": self.watcher.status(),
             **self.supervisor.status(),
         }
+
+    async def close_workers(self) -> None:
+        """Stop every worker, then delete the model copy kept for a restart, if any."""
+        await self.supervisor.close()
+        copy = self.stash.clear()
+        if copy is not None:
+            await asyncio.to_thread(shutil.rmtree, copy.directory, True)
 
 
 def _cannot_listen(host: str, port: int, what: str, error: OSError) -> SystemExit:
@@ -178,7 +191,7 @@ async def serve(config: Config) -> int:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-    await sidecar.supervisor.close()
+    await sidecar.close_workers()
     await admin.cleanup()
     log.info("stopped in %.2f s", time.monotonic() - began)
     return 1 if crashed else 0

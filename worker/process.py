@@ -26,6 +26,7 @@ from .inflight import InFlight
 from .output import LINE_LIMIT, relay_lines
 from .prefetch import Step, StepFailed, download_model, is_remote, prepare_env_command
 from .procfs import group_pids
+from .stash import LocalCopy, ModelStash
 from .threads import in_daemon_thread
 
 log = logging.getLogger("mlflow_bluegreen.worker")
@@ -154,7 +155,14 @@ class WorkerSpec:
 class WorkerProcess:
     """A real `mlflow models serve` on a free loopback port, serving one pinned model version."""
 
-    def __init__(self, slot: str, version: str, model_uri: str, spec: WorkerSpec) -> None:
+    def __init__(
+        self,
+        slot: str,
+        version: str,
+        model_uri: str,
+        spec: WorkerSpec,
+        stash: ModelStash | None = None,
+    ) -> None:
         self.slot = slot
         self.version = version
         self.model_uri = model_uri
@@ -177,6 +185,8 @@ class WorkerProcess:
         self._step: Step | None = None
         self._prepare_deadline = 0.0
         self.model_dir: str | None = None  # the local copy it serves, when it downloaded one
+        self._stash = stash
+        self._exited_by_itself = False
         self.launch_uri = model_uri
         self.timings: dict[str, float] = {}  # seconds per preparation step
         self._log_extra = {"slot": slot, "version": version}
@@ -215,8 +225,17 @@ class WorkerProcess:
         it within `prefetch_timeout`."""
         self._prepare_deadline = time.monotonic() + self.spec.prefetch_timeout
         if self.spec.prefetch and is_remote(self.model_uri):
-            self.model_dir = tempfile.mkdtemp(prefix=f"mlflow-bluegreen-v{self.version}-")
-            self.launch_uri = await self._download(self.model_dir)
+            kept = self._stash.take(self.version) if self._stash is not None else None
+            if kept is not None:
+                log.info(
+                    "serving the copy of the worker that exited: %s",
+                    kept.launch_uri,
+                    extra=self._log_extra,
+                )
+                self.model_dir, self.launch_uri = kept.directory, kept.launch_uri
+            else:
+                self.model_dir = tempfile.mkdtemp(prefix=f"mlflow-bluegreen-v{self.version}-")
+                self.launch_uri = await self._download(self.model_dir)
         if self.spec.env_manager != "local":
             await self._run_step(
                 "prepare_env", prepare_env_command(self.launch_uri, self.spec.env_manager)
@@ -335,6 +354,7 @@ class WorkerProcess:
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the worker's process group, SIGKILL what is left after `grace`, reap it all."""
+        self._exited_by_itself = self.returncode is not None
         if self._step is not None:
             self._step.kill()
         if self._popen is not None and self._group_alive():
@@ -364,7 +384,11 @@ class WorkerProcess:
             self._popen.stdout.close()
         if self.model_dir is not None:
             model_dir, self.model_dir = self.model_dir, None
-            await asyncio.to_thread(shutil.rmtree, model_dir, True)
+            copy: LocalCopy | None = LocalCopy(self.version, model_dir, self.launch_uri)
+            if self._exited_by_itself and self._stash is not None:
+                copy = self._stash.keep(copy)  # for the restart; the copy before goes
+            if copy is not None:
+                await asyncio.to_thread(shutil.rmtree, copy.directory, True)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ import importlib.util
 import itertools
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -401,6 +402,47 @@ class TestFlakyRegistry:
 
         assert healthy["last_success"] > marks["pass_wall"]
         assert healthy["last_error"] is None and healthy["consecutive_errors"] == 0
+
+    def test_a_worker_killed_while_the_registry_is_down_restarts_from_its_copy(
+        self, flaky: Flaky
+    ) -> None:
+        sidecar, injector = flaky.sidecar, flaky.injector
+        injector.set_mode("pass")
+        wait_state(sidecar, "ok")
+        victim = sidecar.status()["active"]
+        log = LogCursor(sidecar)
+        seen: dict[str, Any] = {}
+
+        def restarted(status: dict[str, Any]) -> bool:
+            active = status["active"]
+            return active is not None and active["pid"] != victim["pid"]
+
+        async def scenario() -> None:
+            await asyncio.sleep(1)
+            injector.set_mode("error")  # lookups and artifact downloads alike get 503
+            await blocking(wait_state, sidecar, "server_error", 30)
+            os.killpg(victim["pid"], signal.SIGKILL)
+            await blocking(sidecar.wait_until, restarted, 120, "a restarted worker")
+            seen["back"] = await blocking(sidecar.status)
+            await asyncio.sleep(1)
+
+        try:
+            result = asyncio.run(under_load(sidecar, scenario))
+        finally:
+            injector.set_mode("pass")
+        back = seen["back"]
+        print(
+            f"\nworker killed, registry down: {len(result.outcomes)} requests,"
+            f" {len(result.failures)} failed; restart {back['history'][0]['steps']}"
+        )
+        assert result.failures == [], result.describe_failures()
+        assert back["active"]["version"] == victim["version"]
+        assert back["registry"]["state"] == "server_error"  # it was down all along
+        assert back["active"]["served_from"] == victim["served_from"]
+        restart = back["history"][0]
+        assert restart["cause"] == "restart after exit" and restart["result"] == "succeeded"
+        assert "download" not in restart["steps"]
+        assert "serving the copy of the worker that exited" in log.text()
 
     def test_alias_deleted_then_model_deleted_keeps_serving_and_follows_the_alias_back(
         self, flaky: Flaky
