@@ -46,6 +46,10 @@ def body_timeout() -> web.Response:
     return mlflow_error(408, "BAD_REQUEST", "The request body did not arrive in time.")
 
 
+def bad_target(target: str) -> web.Response:
+    return mlflow_error(400, "BAD_REQUEST", f"Unsupported request target {target[:200]!r}.")
+
+
 def shutting_down() -> web.Response:
     return mlflow_error(
         503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **{"Retry-After": RETRY_AFTER_SECONDS}

@@ -45,6 +45,7 @@ REPLAYABLE_BODY = 1 << 20
 
 # The connection closed before any response byte: the worker never handled the request.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEALTH_PATHS = frozenset({"/ping", "/health"})
 
 # How long a worker that closed a fresh connection without answering may take to be seen exiting.
@@ -156,9 +157,22 @@ class Forwarder:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if self.closing and request.path in _HEALTH_PATHS:
             return errors.shutting_down()
+        target = request.raw_path
+        if not target.startswith("/"):
+            target = request.rel_url.raw_path_qs  # absolute-form: the worker gets the path
+            if not target.startswith("/"):  # `OPTIONS *`, or an authority (CONNECT)
+                return errors.bad_target(request.raw_path)
         length = request.content_length
         if length is not None and length > self.max_body_size:
             return errors.body_too_large(self.max_body_size)
+        if (
+            request.version >= aiohttp.HttpVersion11
+            and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+        ):
+            # aiohttp's low-level server (ours) leaves this to the handler. Other expectations
+            # are ignored, as uvicorn ignores them.
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0
         headers = request_headers(request.headers)
         try:
             data = await self._body(request, headers)
@@ -173,7 +187,7 @@ class Forwarder:
         worker = chosen
         while True:
             try:
-                return await self._forward(request, worker, headers, data)
+                return await self._forward(request, target, worker, headers, data)
             except _WorkerGone as error:
                 # The request never reached a worker: hold it for the restarted one.
                 replacement = None
@@ -259,11 +273,12 @@ class Forwarder:
     async def _forward(
         self,
         request: web.BaseRequest,
+        target: str,
         worker: Worker,
         headers: CIMultiDict[str],
         data: bytes | StreamedBody | None,
     ) -> web.StreamResponse:
-        url = URL(worker.base_url + request.raw_path, encoded=True)
+        url = URL(worker.base_url + target, encoded=True)
         sessions = (worker.session, worker.fresh_session)
         assert sessions[0] is not None and sessions[1] is not None
         # Counted before the first await: a swap that switches away from this worker now will
@@ -292,10 +307,9 @@ class Forwarder:
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     return errors.upstream_timeout()
                 try:
-                    response = await self._relay(request, upstream, worker)
+                    response, failed = await self._relay(request, upstream, worker)
                 finally:
                     upstream.release()
-                failed = response.status >= 500
                 return response
             raise AssertionError("unreachable")
         except asyncio.CancelledError:
@@ -306,7 +320,8 @@ class Forwarder:
 
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, worker: Worker
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, bool]:
+        """The worker's answer, relayed; and whether it counts as the worker's failure."""
         headers = response_headers(upstream.headers)
         headers[VERSION_HEADER] = worker.version
         length = upstream.content_length
@@ -320,18 +335,19 @@ class Forwarder:
             try:
                 body = await upstream.read()
             except TimeoutError as error:
-                log.warning("upstream failed mid-response: %r", error)
-                return errors.upstream_failed(repr(error))
+                log.warning("upstream stalled mid-response: %r", error)
+                return errors.upstream_timeout(), True  # as the fast path answers it
             except aiohttp.ClientError as error:
                 log.warning("upstream failed mid-response, nothing sent yet: %r", error)
                 if await self.worker_died(worker):
                     raise _WorkerGone(f"worker exited mid-answer: {error!r}") from error
-                return errors.upstream_failed(repr(error))
+                return errors.upstream_failed(repr(error)), True
             del headers[hdrs.CONTENT_LENGTH]
             # Not prepared yet: __call__ closes its connection when shutting down.
-            return web.Response(
+            answer = web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
+            return answer, answer.status >= 500
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         if self.closing:
@@ -346,6 +362,6 @@ class Forwarder:
             log.warning("upstream failed mid-response: %r", error)
             if request.transport is not None:
                 request.transport.close()
-            return response
+            return response, True  # a cut answer is the worker's failure, whatever its status
         await response.write_eof()
-        return response
+        return response, response.status >= 500

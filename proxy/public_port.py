@@ -42,6 +42,9 @@ _NOT_COPIED = _HOP_BY_HOP | {b"host", b"content-length", b"x-model-version", b"e
 # Requests these headers describe need aiohttp's handling (see the module docstring).
 _HANDED_OVER = frozenset({b"transfer-encoding", b"upgrade"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A request head (line and headers) longer than this goes to aiohttp, which enforces its own
+# limits (8190 bytes a line or field: a 400): the fast path never buffers or relays more.
+_HEAD_LIMIT = 8190
 _NO_BODY_STATUSES = frozenset({204, 304})
 _METHODS: dict[bytes, str] = {}
 
@@ -140,6 +143,7 @@ class PublicConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._read: list[bytes] = []  # bytes since the last request boundary
+        self._read_size = 0
         self._stash: list[bytes] = []  # bytes that came while a request was being answered
         self._busy = False
         self._task: asyncio.Task[None] | None = None
@@ -153,6 +157,7 @@ class PublicConnection(asyncio.Protocol):
         self._request_body = b""
         self._started = 0.0
         self._closing = False
+        self._write_paused = False
         self._reset_request()
         self._reset_response()
 
@@ -187,19 +192,21 @@ class PublicConnection(asyncio.Protocol):
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._busy:
-            # Pipelined: answered in order once this request is done.
+        if self._busy or self._write_paused:
+            # Pipelined, or sent while the client does not read our answers: read on once this
+            # request is answered and the client has taken it.
             self._stash.append(data)
             assert self.transport is not None
             self.transport.pause_reading()
             return
         self._read.append(data)
+        self._read_size += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._give_to_aiohttp()  # it answers 400 as for any bad request
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._give_to_aiohttp()  # a 400 for a bad request; an upgrade or CONNECT as such
             return
-        if self._hand_over:
+        if self._hand_over or (not self._headers_done and self._read_size > _HEAD_LIMIT):
             self._give_to_aiohttp()
         elif self._complete:
             self._dispatch()
@@ -227,13 +234,18 @@ class PublicConnection(asyncio.Protocol):
         self._finish(failed=False)
 
     def pause_writing(self) -> None:
-        # The client reads slower than the worker answers: stop reading the worker.
+        # The client reads slower than the worker answers: stop reading the worker, and the
+        # client's next requests too, until it has taken what is buffered.
+        self._write_paused = True
         if self._upstream is not None:
             self._upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self._upstream is not None:
             self._upstream.resume_reading()
+        elif not self._busy:
+            self._read_stash()
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -254,6 +266,7 @@ class PublicConnection(asyncio.Protocol):
         parser = self._parser
         copied: list[bytes] = []
         listed: bytes | None = None
+        expects_continue = False
         for name, value in self._headers:
             lowered = name.lower()
             if lowered in _NOT_COPIED or lowered in _HANDED_OVER:
@@ -267,7 +280,7 @@ class PublicConnection(asyncio.Protocol):
                     self._version = value
                 elif lowered == b"expect":
                     if value.lower() == b"100-continue":
-                        self._expects_continue = True
+                        expects_continue = True
                     else:
                         self._hand_over = True  # aiohttp's answer to what we do not know
                 continue
@@ -277,8 +290,12 @@ class PublicConnection(asyncio.Protocol):
         self._copied = b"".join(copied)
         self._keep_alive = parser.should_keep_alive()
         self._http11 = parser.get_http_version() == "1.1"
+        # An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1): it sends the body.
+        self._expects_continue = expects_continue and self._http11
         if (
             parser.get_method() == b"HEAD"
+            or (self._read_size > _HEAD_LIMIT and self._head_size() > _HEAD_LIMIT)
+            or not self._url.startswith(b"/")  # absolute-form or `*`: aiohttp sorts them out
             or parser.should_upgrade()
             or self._forwarder.closing
             or (
@@ -287,6 +304,10 @@ class PublicConnection(asyncio.Protocol):
             )
         ):
             self._hand_over = True
+
+    def _head_size(self) -> int:
+        """The request head's size, near enough: it came in the same read as a body."""
+        return len(self._url) + sum(len(name) + len(value) + 4 for name, value in self._headers)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -304,6 +325,7 @@ class PublicConnection(asyncio.Protocol):
     def _dispatch(self) -> None:
         self._busy = True
         self._read = []
+        self._read_size = 0
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -405,6 +427,8 @@ class PublicConnection(asyncio.Protocol):
             length,
         )
         connection.start(head, body, self, worker.read_timeout)
+        if self._write_paused:
+            connection.pause_reading()  # the client has not taken the last answer yet
 
     def exchange_done(self, status: int) -> None:
         connection, self._upstream = self._upstream, None
@@ -476,10 +500,15 @@ class PublicConnection(asyncio.Protocol):
         self._idle_deadline = self._loop.time() + self._port.keepalive_timeout
         if self._idle_timer is None:
             self._arm_idle_timer()
-        if self._stash:
+        if not self._write_paused:
+            self._read_stash()
+
+    def _read_stash(self) -> None:
+        """Go on with what the client sent while its last request was being answered."""
+        if self._stash and self.transport is not None:
             data = b"".join(self._stash)
             self._stash = []
-            transport.resume_reading()
+            self.transport.resume_reading()
             self.data_received(data)
 
     # -- the answer, as upstream.ResponseSink ----------------------------------------------
@@ -497,6 +526,8 @@ class PublicConnection(asyncio.Protocol):
                 continue
             if lowered == b"content-length":
                 length = int(value)  # llhttp has checked it
+            elif lowered == b"x-model-version":
+                continue  # ours is the one that counts
             lines.append(b"%s: %s\r\n" % (name, value))
         if listed is not None:
             lines = lines[:1] + _without_listed(lines[1:], listed)
@@ -604,6 +635,7 @@ class PublicConnection(asyncio.Protocol):
         self._port.connection_closed(self)
         data = b"".join(self._read)
         self._read = []
+        self._read_size = 0
         handler = self._port.handover()
         transport.set_protocol(handler)
         handler.connection_made(transport)

@@ -152,11 +152,20 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+            # The client is slow, not the worker: no clock on the worker while we do not read.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def resume_reading(self) -> None:
         if self.transport is not None and self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
+            if self._sink is not None and self._timer is None:
+                self._last_read = self._loop.time()
+                self._timer = self._loop.call_at(
+                    self._last_read + self._timeout, self._check_timeout
+                )
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -173,8 +182,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = self._loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(BrokenResponse(f"malformed answer: {error}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            # An upgrade (101) nobody asked for is as unusable as a malformed answer.
+            self._fail(BrokenResponse(f"malformed answer: {error!r}"))
             return
         sink.response_flush()
         if self._complete:

@@ -4,6 +4,7 @@ give the same answers. The behaviours common to both paths are in test_forward.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,9 +17,14 @@ from aiohttp.test_utils import TestServer
 
 from mlflow_bluegreen.proxy.upstream import UpstreamConnection, UpstreamPool
 
-from .proxying import Proxy, Upstream
+from .proxying import Proxy, Upstream, hits
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# The same small body, framed for the fast path, or chunked and so handed to aiohttp.
+FRAMINGS = {
+    "fast path": b"Content-Length: 3\r\n\r\n1,2",
+    "aiohttp path": b"Transfer-Encoding: chunked\r\n\r\n3\r\n1,2\r\n0\r\n\r\n",
+}
 
 
 async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
@@ -138,21 +144,138 @@ async def test_head_is_answered_without_a_body(proxy: Proxy) -> None:
     writer.close()
 
 
-async def test_expect_100_continue_is_answered_before_the_body_is_sent(proxy: Proxy) -> None:
+# A small body stays on the fast path; one over the replay limit is handed to aiohttp, whose
+# low-level server leaves Expect to its handler.
+@pytest.mark.parametrize("size", [3, (1 << 20) + 1], ids=["fast path", "aiohttp path"])
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    proxy: Proxy, size: int
+) -> None:
+    body = b"1" * size
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(
         b"POST /invocations HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
-        b"Content-Length: 3\r\n\r\n"
+        b"Content-Length: %d\r\n\r\n" % size
     )
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-    writer.write(b"1,2")
-    status, _headers, body = await read_answer(reader)
+    writer.write(body)
+    status, _headers, answer = await read_answer(reader)
     assert status.startswith(b"HTTP/1.1 200")
-    seen = json.loads(body)
-    assert seen["sha256"] == hashlib.sha256(b"1,2").hexdigest()
+    seen = json.loads(answer)
+    assert seen["sha256"] == hashlib.sha256(body).hexdigest()
     assert "expect" not in {name.lower() for name, _v in seen["headers"]}
     writer.close()
+
+
+async def test_an_http10_clients_expectation_is_ignored(proxy: Proxy) -> None:
+    # RFC 9110 §10.1.1: an HTTP/1.0 client sends its body without waiting; no interim answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"POST /invocations HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    await asyncio.sleep(0.2)  # the head alone has been read
+    writer.write(b"1,2")
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert data.startswith(b"HTTP/1.1 200"), data[:80]
+    assert b"100 Continue" not in data
+
+
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+async def test_an_absolute_form_target_reaches_the_worker_as_its_path(
+    proxy: Proxy, framing: bytes
+) -> None:
+    # What a client configured with the sidecar as its HTTP proxy sends (RFC 9112 §3.2.2).
+    status, headers, body = await proxy.raw(
+        b"POST http://models.example/invocations?x=%2F HTTP/1.1\r\nHost: models.example\r\n"
+        b"Connection: close\r\n" + framing
+    )
+    assert status == 200
+    assert headers["x-model-version"] == "7"
+    seen = json.loads(body)
+    assert seen["path_qs"] == "/invocations?x=%2F"
+    assert seen["sha256"] == hashlib.sha256(b"1,2").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"CONNECT models.example:443 HTTP/1.1\r\nHost: models.example:443\r\n\r\n",
+    ],
+    ids=["asterisk", "CONNECT"],
+)
+async def test_a_target_that_names_no_path_is_400_and_never_forwarded(
+    echo_upstream: TestServer, proxy: Proxy, request_bytes: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(request_bytes)
+    status, _headers, body = await asyncio.wait_for(read_answer(reader), 5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error_code"] == "BAD_REQUEST"
+    assert hits(echo_upstream) == []
+
+
+async def test_an_upgrade_request_is_answered_as_plain_http(
+    echo_upstream: TestServer, proxy: Proxy
+) -> None:
+    # The scoring protocol has no upgrade: the worker sees a plain request, without Upgrade.
+    status, headers, body = await asyncio.wait_for(
+        proxy.raw(
+            b"GET /ping HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, close\r\n"
+            b"Upgrade: websocket\r\n\r\n"
+        ),
+        5,
+    )
+    assert status == 200
+    assert headers["x-model-version"] == "7"
+    forwarded = {name.lower() for name, _value in json.loads(body)["headers"]}
+    assert "upgrade" not in forwarded
+    assert hits(echo_upstream) == ["/ping"]
+
+
+async def send_in_pieces(
+    port: int, data: bytes, pieces: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    step = -(-len(data) // pieces)
+    with contextlib.suppress(ConnectionError):  # a 400 may come, and a close, before the end
+        for start in range(0, len(data), step):
+            writer.write(data[start : start + step])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+    return reader, writer
+
+
+@pytest.mark.parametrize("pieces", [1, 40], ids=["one read", "many reads"])
+async def test_a_header_line_over_the_limit_is_400_and_never_forwarded(
+    make_proxy: Any, scripted: Any, pieces: int
+) -> None:
+    port, accepted = await scripted(keep_answering(b"ok"))
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    head = b"GET /ping HTTP/1.1\r\nHost: a\r\nX-Huge: %s\r\n\r\n" % (b"h" * 10_000)
+    reader, writer = await send_in_pieces(proxy.port, head, pieces)
+    try:
+        status, _headers, _body = await asyncio.wait_for(read_answer(reader), 5)
+        assert status.split()[1] == b"400"  # aiohttp's answer to its parser's error
+    except ConnectionError:
+        pass  # closed on what was still coming, the 400 lost to the reset: also fine
+    writer.close()
+    assert accepted == []
+
+
+async def test_a_long_head_of_short_lines_is_handed_to_aiohttp_and_forwarded_whole(
+    proxy: Proxy,
+) -> None:
+    # The fast path parses at most 8 KiB of head; past that, aiohttp's limits (per line) apply.
+    filler = [(b"X-Filler-%d" % index, b"f" * 1000) for index in range(20)]
+    head = b"GET /ping HTTP/1.1\r\nHost: a\r\n"
+    head += b"".join(b"%s: %s\r\n" % pair for pair in filler) + b"\r\n"
+    reader, writer = await send_in_pieces(proxy.port, head, 40)
+    status, _headers, body = await asyncio.wait_for(read_answer(reader), 5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200")
+    forwarded = {name.encode(): value.encode() for name, value in json.loads(body)["headers"]}
+    assert all(forwarded[name] == value for name, value in filler)
+    assert len(proxy.public.handover.connections) == 1
 
 
 async def test_pipelined_requests_are_answered_in_order(proxy: Proxy) -> None:
@@ -255,8 +378,9 @@ async def test_connection_close_from_the_client_is_honoured(proxy: Proxy) -> Non
     writer.close()
 
 
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
 async def test_a_large_answer_cut_after_its_headers_closes_the_client_connection(
-    make_proxy: Any, scripted: Any
+    make_proxy: Any, scripted: Any, framing: bytes
 ) -> None:
     # Too large to hold until complete (small ones are: test_forward.py), so its head is out.
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -268,7 +392,7 @@ async def test_a_large_answer_cut_after_its_headers_closes_the_client_connection
     upstream = Upstream(f"http://127.0.0.1:{port}")
     proxy = await make_proxy(upstream)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\n" + framing)
     data = await asyncio.wait_for(reader.read(), 5)  # the proxy closes: no hang
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"only part")
     writer.close()
@@ -402,3 +526,120 @@ async def test_a_connection_paused_for_a_slow_client_is_pooled_readable() -> Non
     pool.release(connection)
     assert transport.reading
     assert pool.idle() is connection
+
+
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+async def test_a_workers_own_x_model_version_is_replaced_not_repeated(
+    make_proxy: Any, scripted: Any, framing: bytes
+) -> None:
+    async def claims_a_version(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Model-Version: 99\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    port, _accepted = await scripted(claims_a_version)
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"POST /invocations HTTP/1.1\r\nHost: a\r\n" + framing)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    versions = [line for line in head.lower().split(b"\r\n") if line.startswith(b"x-model-version")]
+    assert versions == [b"x-model-version: 7"]  # the version the sidecar routed to
+
+
+async def test_a_client_that_sends_but_does_not_read_is_not_answered_into_memory(
+    make_proxy: Any, scripted: Any
+) -> None:
+    # Each answer is held whole (under the replay limit); a client that keeps asking without
+    # reading must stop being read, not have answer after answer buffered for it.
+    answer = bytes(i % 251 for i in range(512 * 1024))
+    port, _accepted = await scripted(keep_answering(answer))
+    proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
+    requests = 40  # 20 MiB of answers
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1 << 16)
+    for _ in range(requests):
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        await asyncio.sleep(0.01)  # one read each, after the last answer: not pipelined
+    await asyncio.sleep(0.3)
+    answered = len(proxy.seen)
+    (connection,) = proxy.public.connections  # on the fast path, not handed over
+    buffered = connection.transport.get_write_buffer_size()
+    assert answered < requests / 2, f"{answered} answers produced for a client that reads none"
+    assert buffered <= 2 * len(answer)
+    # Once it reads, every answer comes, whole and in order.
+    for _ in range(requests):
+        _status, _headers, body = await asyncio.wait_for(read_answer(reader), 5)
+        assert body == answer
+    assert len(proxy.seen) == requests
+    writer.close()
+
+
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+async def test_a_client_slower_than_the_read_timeout_is_not_the_workers_timeout(
+    make_proxy: Any, scripted: Any, framing: bytes
+) -> None:
+    # The worker answered at once; the client takes longer to read it than the worker is
+    # allowed to take to answer. Only the worker's silence is timed.
+    body = bytes(i % 253 for i in range(8 * 1024 * 1024))  # over the replay limit: streamed
+    port, _accepted = await scripted(keep_answering(body))
+    upstream = Upstream(f"http://127.0.0.1:{port}", read_timeout=0.3)
+    proxy = await make_proxy(upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1 << 16)
+    writer.write(b"POST /big HTTP/1.1\r\nHost: a\r\n" + framing)
+    await reader.readuntil(b"\r\n\r\n")
+    await asyncio.sleep(1.0)  # buffers full, the proxy has stopped reading the worker
+    received = bytearray()
+    while len(received) < len(body):
+        piece = await asyncio.wait_for(reader.read(1 << 16), 5)
+        assert piece, f"cut after {len(received)} of {len(body)} bytes"
+        received += piece
+    assert bytes(received) == body
+    assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 0)
+    writer.close()
+
+
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+async def test_a_worker_that_stalls_part_way_through_a_small_answer_is_504(
+    make_proxy: Any, scripted: Any, framing: bytes
+) -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\n{"predic')
+        await writer.drain()
+        await asyncio.sleep(3)
+
+    port, _accepted = await scripted(stalls)
+    upstream = Upstream(f"http://127.0.0.1:{port}", read_timeout=0.3)
+    proxy = await make_proxy(upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"POST /invocations HTTP/1.1\r\nHost: a\r\n" + framing)
+    status, _headers, body = await asyncio.wait_for(read_answer(reader), 5)
+    writer.close()
+    # Held whole, so nothing of it went out: the same timeout answer as a silent worker's.
+    assert status.startswith(b"HTTP/1.1 504")
+    assert json.loads(body)["error_code"] == "DEADLINE_EXCEEDED"
+    assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 1)
+
+
+async def test_a_worker_that_answers_with_an_upgrade_is_502(
+    make_proxy: Any, scripted: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def switches(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    port, _accepted = await scripted(switches)
+    upstream = Upstream(f"http://127.0.0.1:{port}")
+    proxy = await make_proxy(upstream)
+    status, _headers, body = await asyncio.wait_for(
+        proxy.raw(b"GET /ping HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), 5
+    )
+    assert status == 502  # nobody asked to switch protocols
+    assert json.loads(body)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 1)
+    # Handled as a bad answer, not as an exception escaping our protocol into the event loop.
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
