@@ -147,7 +147,8 @@ def main() -> None:
     env="timeout",
     default=60,
     type=click.IntRange(1),
-    help="Seconds a worker may take to answer one request.",
+    help="Seconds a worker may take to answer one request; also how long a client may take "
+    "to send a request body, or stall reading an answer, before it is cut off.",
 )
 @option(
     "--poll-interval",

@@ -133,6 +133,59 @@ class PublicPort:
             pool.close()
 
 
+class ClientStall:
+    """Cuts off a client that takes none of its answer for `timeout` seconds, as nginx's
+    send_timeout does. While it does not read, the worker's clock is stopped (the delay is not
+    the worker's), so without this a client that stops reading would hold its answer, and the
+    worker's connection, for ever."""
+
+    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
+        self._transport = transport
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+
+    def writes_paused(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._cut_off)
+
+    def writes_resumed(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _cut_off(self) -> None:
+        self._timer = None
+        log.warning("a client took none of its answer for %.0f s: connection cut", self._timeout)
+        self._transport.abort()
+
+
+class HandedOver(asyncio.Protocol):
+    """aiohttp's protocol for a connection handed to it, with a client's stall bounded too:
+    aiohttp waits for a client to read for as long as it takes."""
+
+    def __init__(self, handler: asyncio.Protocol, stall: ClientStall) -> None:
+        self.handler = handler
+        self._stall = stall
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._stall.writes_paused()
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stall.writes_resumed()
+        self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stall.writes_resumed()
+        self.handler.connection_lost(exc)
+
+
 class PublicConnection(asyncio.Protocol):
     """One client connection, served one request at a time until it is handed over."""
 
@@ -142,6 +195,7 @@ class PublicConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self._stall: ClientStall | None = None
         self._read: list[bytes] = []  # bytes since the last request boundary
         self._read_size = 0
         self._stash: list[bytes] = []  # bytes that came while a request was being answered
@@ -188,6 +242,7 @@ class PublicConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._stall = ClientStall(self.transport, self._forwarder.body_timeout)
         self._port.connections.add(self)
         self._arm_idle_timer()
 
@@ -237,11 +292,15 @@ class PublicConnection(asyncio.Protocol):
         # The client reads slower than the worker answers: stop reading the worker, and the
         # client's next requests too, until it has taken what is buffered.
         self._write_paused = True
+        assert self._stall is not None
+        self._stall.writes_paused()
         if self._upstream is not None:
             self._upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        assert self._stall is not None
+        self._stall.writes_resumed()
         if self._upstream is not None:
             self._upstream.resume_reading()
         elif not self._busy:
@@ -626,6 +685,8 @@ class PublicConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._idle_timer = self._body_timer = None
+        if self._stall is not None:
+            self._stall.writes_resumed()
 
     def _give_to_aiohttp(self) -> None:
         """Hand this connection, and every byte read since the last answer, to aiohttp."""
@@ -637,7 +698,8 @@ class PublicConnection(asyncio.Protocol):
         self._read = []
         self._read_size = 0
         handler = self._port.handover()
-        transport.set_protocol(handler)
+        stall = ClientStall(transport, self._forwarder.body_timeout)
+        transport.set_protocol(HandedOver(handler, stall))
         handler.connection_made(transport)
         if data:
             handler.data_received(data)

@@ -643,3 +643,30 @@ async def test_a_worker_that_answers_with_an_upgrade_is_502(
     assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 1)
     # Handled as a bad answer, not as an exception escaping our protocol into the event loop.
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())
+async def test_a_client_that_stops_reading_its_answer_is_cut_off_after_the_timeout(
+    make_proxy: Any, scripted: Any, framing: bytes
+) -> None:
+    body = bytes(i % 253 for i in range(16 * 1024 * 1024))  # more than loopback buffers hold
+    port, _accepted = await scripted(keep_answering(body))
+    upstream = Upstream(f"http://127.0.0.1:{port}", read_timeout=0.2)
+    proxy = await make_proxy(upstream, body_timeout=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1 << 16)
+    writer.write(b"POST /big HTTP/1.1\r\nHost: a\r\n" + framing)
+    await reader.readuntil(b"\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.sleep(1.5)  # reads nothing: its buffers fill, then the sidecar's
+    received = 0
+    with contextlib.suppress(ConnectionError):
+        while piece := await asyncio.wait_for(reader.read(1 << 20), 5):
+            received += len(piece)
+    assert received < len(body), "a client that stalled past the timeout got it all"
+    assert loop.time() - began < 5
+    await asyncio.sleep(0.1)
+    # The client's doing, not the worker's: nothing in flight, nothing held against it.
+    assert (upstream.in_flight.count, upstream.in_flight.failed) == (0, 0)
+    assert proxy.public.connections == set()
+    writer.close()
