@@ -74,6 +74,18 @@ async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[tuple[int, li
         server.close()
 
 
+def answer_once(raw: bytes, then_wait: float = 0.0) -> Script:
+    """An upstream that reads one request head, writes `raw`, waits, then closes."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(then_wait)
+
+    return script
+
+
 def keep_answering(body: bytes, **framing: bool) -> Script:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -383,12 +395,9 @@ async def test_a_large_answer_cut_after_its_headers_closes_the_client_connection
     make_proxy: Any, scripted: Any, framing: bytes
 ) -> None:
     # Too large to hold until complete (small ones are: test_forward.py), so its head is out.
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nonly part" % (2 << 20))
-        await writer.drain()
-
-    port, _accepted = await scripted(cut)
+    port, _accepted = await scripted(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nonly part" % (2 << 20))
+    )
     upstream = Upstream(f"http://127.0.0.1:{port}")
     proxy = await make_proxy(upstream)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
@@ -401,13 +410,7 @@ async def test_a_large_answer_cut_after_its_headers_closes_the_client_connection
 
 
 async def test_a_malformed_answer_is_502(make_proxy: Any, scripted: Any) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    port, _accepted = await scripted(garbage)
+    port, _accepted = await scripted(answer_once(b"NOT HTTP AT ALL\r\n\r\n", then_wait=1))
     upstream = Upstream(f"http://127.0.0.1:{port}")
     proxy = await make_proxy(upstream)
     async with (
@@ -422,12 +425,8 @@ async def test_a_malformed_answer_is_502(make_proxy: Any, scripted: Any) -> None
 async def test_an_idle_upstream_connection_the_worker_closed_is_not_reused(
     make_proxy: Any, scripted: Any
 ) -> None:
-    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()  # then closes, as uvicorn does after its keep-alive timeout
-
-    port, accepted = await scripted(one_answer)
+    # One answer, then a close, as uvicorn does after its keep-alive timeout.
+    port, accepted = await scripted(answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
     proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
     async with aiohttp.ClientSession() as client:
         for _ in range(3):
@@ -532,12 +531,9 @@ async def test_a_connection_paused_for_a_slow_client_is_pooled_readable() -> Non
 async def test_a_workers_own_x_model_version_is_replaced_not_repeated(
     make_proxy: Any, scripted: Any, framing: bytes
 ) -> None:
-    async def claims_a_version(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nX-Model-Version: 99\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-
-    port, _accepted = await scripted(claims_a_version)
+    port, _accepted = await scripted(
+        answer_once(b"HTTP/1.1 200 OK\r\nX-Model-Version: 99\r\nContent-Length: 2\r\n\r\nok")
+    )
     proxy = await make_proxy(Upstream(f"http://127.0.0.1:{port}"))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"POST /invocations HTTP/1.1\r\nHost: a\r\n" + framing)
@@ -602,13 +598,9 @@ async def test_a_client_slower_than_the_read_timeout_is_not_the_workers_timeout(
 async def test_a_worker_that_stalls_part_way_through_a_small_answer_is_504(
     make_proxy: Any, scripted: Any, framing: bytes
 ) -> None:
-    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\n{"predic')
-        await writer.drain()
-        await asyncio.sleep(3)
-
-    port, _accepted = await scripted(stalls)
+    port, _accepted = await scripted(
+        answer_once(b'HTTP/1.1 200 OK\r\nContent-Length: 23\r\n\r\n{"predic', then_wait=3)
+    )
     upstream = Upstream(f"http://127.0.0.1:{port}", read_timeout=0.3)
     proxy = await make_proxy(upstream)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
@@ -624,15 +616,10 @@ async def test_a_worker_that_stalls_part_way_through_a_small_answer_is_504(
 async def test_a_worker_that_answers_with_an_upgrade_is_502(
     make_proxy: Any, scripted: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def switches(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-        )
-        await writer.drain()
-        await asyncio.sleep(1)
-
-    port, _accepted = await scripted(switches)
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    port, _accepted = await scripted(answer_once(switch, then_wait=1))
     upstream = Upstream(f"http://127.0.0.1:{port}")
     proxy = await make_proxy(upstream)
     status, _headers, body = await asyncio.wait_for(
