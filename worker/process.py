@@ -186,7 +186,8 @@ class WorkerProcess:
         self._prepare_deadline = 0.0
         self.model_dir: str | None = None  # the local copy it serves, when it downloaded one
         self._stash = stash
-        self._exited_by_itself = False
+        self._stopping = False
+        self._displaced: LocalCopy | None = None  # a copy our own pushed out of the stash
         self.launch_uri = model_uri
         self.timings: dict[str, float] = {}  # seconds per preparation step
         self._log_extra = {"slot": slot, "version": version}
@@ -354,7 +355,7 @@ class WorkerProcess:
 
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the worker's process group, SIGKILL what is left after `grace`, reap it all."""
-        self._exited_by_itself = self.returncode is not None
+        self._stopping = True
         if self._step is not None:
             self._step.kill()
         if self._popen is not None and self._group_alive():
@@ -382,13 +383,22 @@ class WorkerProcess:
                 await session.close()
         if self._popen is not None and self._popen.stdout is not None:
             self._popen.stdout.close()
-        if self.model_dir is not None:
-            model_dir, self.model_dir = self.model_dir, None
-            copy: LocalCopy | None = LocalCopy(self.version, model_dir, self.launch_uri)
-            if self._exited_by_itself and self._stash is not None:
-                copy = self._stash.keep(copy)  # for the restart; the copy before goes
-            if copy is not None:
-                await asyncio.to_thread(shutil.rmtree, copy.directory, True)
+        # Its own copy, unless it went to the stash when the worker died; or the one that went
+        # out of the stash for it.
+        displaced = self._displaced.directory if self._displaced is not None else None
+        for directory in (self.model_dir, displaced):
+            if directory is not None:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+        self.model_dir = self._displaced = None
+
+    def _keep_copy_for_restart(self) -> None:
+        """The worker exited by itself: its copy goes to the stash at once, before whoever
+        watches for the exit starts a replacement that looks for it there."""
+        if self.model_dir is None or self._stash is None:
+            return
+        copy = LocalCopy(self.version, self.model_dir, self.launch_uri)
+        self.model_dir = None
+        self._displaced = self._stash.keep(copy)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -446,6 +456,8 @@ class WorkerProcess:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 if self._popen is not None:
                     self._popen.returncode = self.returncode
+                if not self._stopping:
+                    self._keep_copy_for_restart()
                 self._exited.set()
 
     async def _reap_until_exit(self) -> None:

@@ -110,3 +110,23 @@ def test_a_copy_is_handed_over_once() -> None:
     assert stash.take("4") is None
     assert stash.take("3") == copy
     assert stash.take("3") is None
+
+
+async def test_the_copy_is_kept_by_the_time_the_exit_is_heard(downloads: list[str]) -> None:
+    # The supervisor starts the replacement as soon as wait_exit() returns, before the dead
+    # worker's stop has run: the copy must already be there to be taken.
+    stash = ModelStash()
+    first = worker("3", stash)
+    await first.start()
+    served_from = first.launch_uri
+    assert first.pid is not None
+    os.killpg(first.pid, signal.SIGKILL)
+    await first.wait_exit()
+    second = worker("3", stash)
+    await second.start()
+    assert second.launch_uri == served_from
+    assert downloads == ["models:/iris/3"]
+    await first.stop(0.5)  # the dead one's stop, late: the copy is no longer its to delete
+    assert exists(served_from, "MLmodel")
+    await second.stop(0.5)
+    assert not exists(served_from)
