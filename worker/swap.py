@@ -387,14 +387,17 @@ class Supervisor:
                         await self._wake.wait()
                 continue
             fallback = target != self.wanted
-            if fallback:
-                self._next_cause = (
-                    f"fallback: {self.wanted} cannot serve now; {target} served before"
-                )
+            # A fallback's cause is its own: the wanted version's next try keeps the cause
+            # that set it off.
+            cause = (
+                f"fallback: {self.wanted} cannot serve now; {target} served before"
+                if fallback
+                else self._next_cause
+            )
             if self._can_switch_back(target):
-                self._switch_back(target)
+                self._switch_back(target, cause)
             else:
-                await self._swap(target, vetted=fallback)
+                await self._swap(target, cause, vetted=fallback)
 
     def _target(self) -> str | None:
         wanted = self.wanted
@@ -430,7 +433,7 @@ class Supervisor:
         lingering = self.lingering
         return lingering is not None and lingering.version == version and lingering.alive
 
-    async def _swap(self, version: str, *, vetted: bool = False) -> None:
+    async def _swap(self, version: str, cause: str, *, vetted: bool = False) -> None:
         """Bring `version` up in the idle slot and switch to it. `vetted`: it took traffic
         before, and is brought back because the wanted version cannot serve: no signature
         guard, since serving the callers' previous version beats serving nothing."""
@@ -446,7 +449,7 @@ class Supervisor:
             to_version=version,
             from_version=old.version if old else None,
             slot=slot,
-            cause=self._next_cause,
+            cause=cause,
         )
         self.current = record
         began = time.monotonic()
@@ -515,12 +518,10 @@ class Supervisor:
         self.observer.active_changed(worker)
         return worker, record, began
 
-    def _switch_back(self, version: str) -> None:
+    def _switch_back(self, version: str, cause: str) -> None:
         """To the lingering worker: no start, no warm-up, no drain to wait."""
         old = self.active
-        worker, record, began = self._switch_to_lingering(
-            f"{self._next_cause} (to the lingering worker)"
-        )
+        worker, record, began = self._switch_to_lingering(f"{cause} (to the lingering worker)")
         self._next_cause = "registry moved"
         self._failures.pop(version, None)
         log.info(

@@ -210,3 +210,25 @@ async def test_a_shutdown_during_a_drain_still_stops_the_old_worker() -> None:
     await asyncio.sleep(0.05)
     await shut_down(supervisor, task)
     assert fleet.running() == []
+
+
+async def test_a_retry_after_a_failed_fallback_is_not_called_a_fallback() -> None:
+    fleet = Fleet()
+    async with running(make(fleet, retry_base=0.2, retry_cap=0.4)) as supervisor:
+        supervisor.want("1")
+        await until(lambda: active_version(supervisor) == "1")
+        supervisor.want("2")
+        await until(lambda: active_version(supervisor) == "2")
+        # The registry is down: neither version can be fetched again for now.
+        fleet.plans.update({"1": Plan(fail_at="start"), "2": Plan(fail_at="start")})
+        crash_active(supervisor)
+        await until(lambda: sum(r.result == "failed" for r in supervisor.history) >= 2)
+        fleet.plans.clear()  # back
+        await until(lambda: active_version(supervisor) == "2")
+        causes = [(r.to_version, r.result, r.cause) for r in list(supervisor.history)[2:]]
+        assert causes[:2] == [
+            ("2", "failed", "restart after exit"),
+            ("1", "failed", "fallback: 2 cannot serve now; 1 served before"),
+        ]
+        # The wanted version, tried again: a restart, whatever was tried in between.
+        assert causes[-1] == ("2", "succeeded", "restart after exit")
