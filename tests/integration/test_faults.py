@@ -238,7 +238,8 @@ def test_old_worker_that_hangs_while_draining_is_killed_and_reaped(
 ) -> None:
     example = pd.DataFrame({"sleep": [0.0]})
     first = register_from_code(registry.uri, "hang", "slow_model", example)
-    second = register_from_code(registry.uri, "hang", "slow_model", example)
+    # The new version answers at once: the request the old one is killed with is resent to it.
+    second = register_from_code(registry.uri, "hang", "constant_model", example)
     set_alias(registry.uri, "hang", "live", first)
     sidecar = start_sidecar("models:/hang@live", "--poll-interval", "0.5", "--drain-timeout", "1")
     sidecar.wait_active(first, timeout=120)
@@ -246,7 +247,9 @@ def test_old_worker_that_hangs_while_draining_is_killed_and_reaped(
     members = group_members(old["pid"])
 
     answers: list = []
-    thread = slow_request(sidecar.url, 15.0, answers)  # longer than the drain timeout
+    # Longer than the new version's boot, the drain timeout and the stop grace together on a
+    # busy machine (a 15 s request once ended on its own 4.5 s into the 5 s grace).
+    thread = slow_request(sidecar.url, 55.0, answers)
     time.sleep(1)
     set_alias(registry.uri, "hang", "live", second)
     sidecar.wait_active(second, timeout=120)
