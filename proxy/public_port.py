@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -139,24 +139,24 @@ class ClientStall:
     the worker's), so without this a client that stops reading would hold its answer, and the
     worker's connection, for ever."""
 
-    def __init__(self, transport: asyncio.Transport, timeout: float) -> None:
-        self._transport = transport
+    def __init__(self, timeout: float, cut_off: Callable[[], None]) -> None:
         self._timeout = timeout
+        self._cut_off = cut_off
         self._timer: asyncio.TimerHandle | None = None
 
     def writes_paused(self) -> None:
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._cut_off)
+            self._timer = asyncio.get_running_loop().call_later(self._timeout, self._stalled)
 
     def writes_resumed(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _cut_off(self) -> None:
+    def _stalled(self) -> None:
         self._timer = None
         log.warning("a client took none of its answer for %.0f s: connection cut", self._timeout)
-        self._transport.abort()
+        self._cut_off()
 
 
 class HandedOver(asyncio.Protocol):
@@ -195,7 +195,7 @@ class PublicConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self._stall: ClientStall | None = None
+        self._stall = ClientStall(self._forwarder.body_timeout, self.abort)
         self._read: list[bytes] = []  # bytes since the last request boundary
         self._read_size = 0
         self._stash: list[bytes] = []  # bytes that came while a request was being answered
@@ -242,7 +242,6 @@ class PublicConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._stall = ClientStall(self.transport, self._forwarder.body_timeout)
         self._port.connections.add(self)
         self._arm_idle_timer()
 
@@ -292,14 +291,12 @@ class PublicConnection(asyncio.Protocol):
         # The client reads slower than the worker answers: stop reading the worker, and the
         # client's next requests too, until it has taken what is buffered.
         self._write_paused = True
-        assert self._stall is not None
         self._stall.writes_paused()
         if self._upstream is not None:
             self._upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        assert self._stall is not None
         self._stall.writes_resumed()
         if self._upstream is not None:
             self._upstream.resume_reading()
@@ -685,8 +682,7 @@ class PublicConnection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._idle_timer = self._body_timer = None
-        if self._stall is not None:
-            self._stall.writes_resumed()
+        self._stall.writes_resumed()
 
     def _give_to_aiohttp(self) -> None:
         """Hand this connection, and every byte read since the last answer, to aiohttp."""
@@ -698,7 +694,7 @@ class PublicConnection(asyncio.Protocol):
         self._read = []
         self._read_size = 0
         handler = self._port.handover()
-        stall = ClientStall(transport, self._forwarder.body_timeout)
+        stall = ClientStall(self._forwarder.body_timeout, transport.abort)
         transport.set_protocol(HandedOver(handler, stall))
         handler.connection_made(transport)
         if data:
