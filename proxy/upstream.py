@@ -103,8 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink = sink
         self.received = False
         self._timeout = timeout
-        self._last_read = self._loop.time()
-        self._timer = self._loop.call_at(self._last_read + timeout, self._check_timeout)
+        self._start_clock()
         if body and len(body) < 65536:
             self.transport.write(request + body)
         else:
@@ -117,6 +116,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._stop()
         self.close()
 
+    def _start_clock(self) -> None:
+        self._last_read = self._loop.time()
+        self._timer = self._loop.call_at(self._last_read + self._timeout, self._check_timeout)
+
+    def _stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _check_timeout(self) -> None:
         # One timer per exchange, moved forward lazily: reads only note their time.
         due = self._last_read + self._timeout
@@ -128,9 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _stop(self) -> ResponseSink | None:
         sink, self._sink = self._sink, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_clock()
         return sink
 
     def _fail(self, error: Exception) -> None:
@@ -152,20 +158,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-            # The client is slow, not the worker: no clock on the worker while we do not read.
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._stop_clock()  # the client is slow, not the worker: no clock on the worker
 
     def resume_reading(self) -> None:
         if self.transport is not None and self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
             if self._sink is not None and self._timer is None:
-                self._last_read = self._loop.time()
-                self._timer = self._loop.call_at(
-                    self._last_read + self._timeout, self._check_timeout
-                )
+                self._start_clock()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
