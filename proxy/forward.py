@@ -45,7 +45,7 @@ REPLAYABLE_BODY = 1 << 20
 
 # The connection closed before any response byte: the worker never handled the request.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEALTH_PATHS = frozenset({"/ping", "/health"})
 
 # How long a worker that closed a fresh connection without answering may take to be seen exiting.
@@ -171,7 +171,7 @@ class Forwarder:
         ):
             # aiohttp's low-level server (ours) leaves this to the handler. Other expectations
             # are ignored, as uvicorn ignores them.
-            await request.writer.write(_CONTINUE)
+            await request.writer.write(CONTINUE)
             request.writer.output_size = 0
         headers = request_headers(request.headers)
         try:

@@ -29,7 +29,7 @@ from yarl import URL
 
 from ..worker.swap import Worker
 from . import errors
-from .forward import HOP_BY_HOP, REPLAYABLE_BODY, Forwarder
+from .forward import CONTINUE, HOP_BY_HOP, REPLAYABLE_BODY, Forwarder
 from .upstream import BrokenResponse, CutShort, StaleConnection, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _NOT_COPIED = _HOP_BY_HOP | {b"host", b"content-length", b"x-model-version", b"expect"}
 # Requests these headers describe need aiohttp's handling (see the module docstring).
 _HANDED_OVER = frozenset({b"transfer-encoding", b"upgrade"})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A request head (line and headers) longer than this goes to aiohttp, which enforces its own
 # limits (8190 bytes a line or field: a 400): the fast path never buffers or relays more.
 _HEAD_LIMIT = 8190
@@ -270,7 +269,7 @@ class PublicConnection(asyncio.Protocol):
             )
             if self._expects_continue:  # the client waits for this before sending its body
                 assert self.transport is not None
-                self.transport.write(_CONTINUE)
+                self.transport.write(CONTINUE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._port.connection_closed(self)
