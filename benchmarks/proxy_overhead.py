@@ -55,7 +55,7 @@ from common import (
 )
 
 from mlflow_bluegreen.proxy.loadgen import IRIS_PAYLOAD
-from mlflow_bluegreen.worker.process import free_port
+from mlflow_bluegreen.worker.process.child import free_port
 
 TARGETS = {
     "e2e_rps_vs_direct": 0.95,  # ours / direct, at least

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from ..worker.registry import CLIENT_ENV_DEFAULTS
-from ..worker.uri import BadModelUri, parse_model_uri
+from ..worker.model.uri import BadModelUri, parse_model_uri
+from ..worker.tracking.registry import CLIENT_ENV_DEFAULTS
 from .config import Config
 
 ENV_PREFIX = "MLFLOW_BLUEGREEN_"

@@ -14,17 +14,17 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..worker.process import WorkerProcess, WorkerSpec, become_subreaper
-from ..worker.registry import FixedResolver, RegistryResolver, Resolver
-from ..worker.stash import ModelStash
-from ..worker.swap import Supervisor
-from ..worker.uri import ModelRef, parse_model_uri
-from ..worker.watcher import Watcher
-from .admin import build_admin_app
+from ..worker.control.supervisor import Supervisor
+from ..worker.model.stash import ModelStash
+from ..worker.model.uri import ModelRef, parse_model_uri
+from ..worker.process.child import WorkerProcess, WorkerSpec, become_subreaper
+from ..worker.tracking.registry import FixedResolver, RegistryResolver, Resolver
+from ..worker.tracking.watcher import Watcher
+from .admin.app import build_admin_app
+from .admin.metrics import Metrics, WorkerCollector
 from .config import Config
-from .forward import Forwarder
-from .metrics import Metrics, WorkerCollector
-from .public_port import PublicPort
+from .relay.forward import Forwarder
+from .relay.public_port import PublicPort
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ import signal
 
 from prometheus_client import CollectorRegistry
 
-from ..worker.inflight import InFlight
-from ..worker.process import connection_pool
-from ..worker.swap import Supervisor
+from ..worker.control.inflight import InFlight
+from ..worker.control.supervisor import Supervisor
+from ..worker.process.child import connection_pool
+from .admin.metrics import Metrics
 from .cli import run_with_uvloop
-from .forward import Forwarder
-from .metrics import Metrics
-from .public_port import PublicPort
+from .relay.forward import Forwarder
+from .relay.public_port import PublicPort
 
 
 class FixedUpstream:

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from mlflow_bluegreen.proxy import logs as logs_module
 from mlflow_bluegreen.proxy import sidecar as sidecar_module
+from mlflow_bluegreen.proxy.admin.metrics import Metrics
 from mlflow_bluegreen.proxy.cli import ENV_PREFIX, apply_adsp_http_options, main
 from mlflow_bluegreen.proxy.config import Config
-from mlflow_bluegreen.proxy.metrics import Metrics
-from mlflow_bluegreen.worker.registry import CLIENT_ENV_DEFAULTS
+from mlflow_bluegreen.worker.tracking.registry import CLIENT_ENV_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -27,7 +27,12 @@ def test_wheel_installs_only_the_mlflow_bluegreen_namespace(wheel: Path) -> None
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"mlflow_bluegreen"}
-    for module in ("proxy/cli.py", "proxy/forward.py", "worker/swap.py", "worker/process.py"):
+    for module in (
+        "proxy/cli.py",
+        "proxy/relay/forward.py",
+        "worker/control/supervisor.py",
+        "worker/process/child.py",
+    ):
         assert f"mlflow_bluegreen/{module}" in names
     # No tests, deploy files or benchmarks in the package.
     assert not [n for n in names if n.startswith(("tests/", "deploy/", "benchmarks/"))]
@@ -39,7 +44,8 @@ def test_wheel_installs_only_the_mlflow_bluegreen_namespace(wheel: Path) -> None
 def test_the_installed_copy_runs_from_the_wheel_alone(wheel: Path, tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(tmp_path)
     probe = (
-        "import mlflow_bluegreen.proxy.cli as cli, mlflow_bluegreen.worker.swap as swap;"
+        "import mlflow_bluegreen.proxy.cli as cli;"
+        "import mlflow_bluegreen.worker.control.supervisor as swap;"
         "print(cli.__file__); print(swap.__file__)"
     )
     result = subprocess.run(

@@ -7,8 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_bluegreen.worker.inflight import InFlight
-from mlflow_bluegreen.worker.process import WorkerFailed
+from mlflow_bluegreen.worker.control.inflight import InFlight
+from mlflow_bluegreen.worker.process.child import WorkerFailed
 
 
 @dataclass

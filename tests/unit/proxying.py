@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from mlflow_bluegreen.proxy.forward import Forwarder
-from mlflow_bluegreen.proxy.public_port import PublicPort
-from mlflow_bluegreen.worker.inflight import InFlight
-from mlflow_bluegreen.worker.process import connection_pool
-from mlflow_bluegreen.worker.swap import Supervisor
+from mlflow_bluegreen.proxy.relay.forward import Forwarder
+from mlflow_bluegreen.proxy.relay.public_port import PublicPort
+from mlflow_bluegreen.worker.control.inflight import InFlight
+from mlflow_bluegreen.worker.control.supervisor import Supervisor
+from mlflow_bluegreen.worker.process.child import connection_pool
 
 HITS = web.AppKey("hits", list)
 BIG = 3 * 1024 * 1024 + 17  # over the replay limit: streamed, not read whole

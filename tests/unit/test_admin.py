@@ -32,11 +32,12 @@ from mlflow.webhooks.types import (
 )
 from prometheus_client import CollectorRegistry
 
-from mlflow_bluegreen.proxy import admin, webhook
-from mlflow_bluegreen.proxy.admin import build_admin_app
+from mlflow_bluegreen.proxy.admin import app as admin
+from mlflow_bluegreen.proxy.admin import webhook
+from mlflow_bluegreen.proxy.admin.app import build_admin_app
+from mlflow_bluegreen.proxy.admin.webhook import RecentDeliveries
 from mlflow_bluegreen.proxy.config import Config
 from mlflow_bluegreen.proxy.sidecar import Sidecar
-from mlflow_bluegreen.proxy.webhook import RecentDeliveries
 
 TOKEN = "s3cr3t-admin-token-0123456789abcdef"
 SECRET = "webhook-secret-fedcba9876543210"

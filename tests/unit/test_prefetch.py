@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mlflow_bluegreen.worker.prefetch import Step, StepFailed, is_remote
+from mlflow_bluegreen.worker.model.prepare import Step, StepFailed, is_remote
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mlflow_bluegreen.worker import procfs
+from mlflow_bluegreen.worker.process import procfs
 
 # A leader that starts a child, which starts a grandchild, and a child that leaves the group
 # (setsid, as a daemonising tool would); it prints their pids once all are running.

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from mlflow_bluegreen.proxy.upstream import UpstreamConnection, UpstreamPool
+from mlflow_bluegreen.proxy.relay.upstream import UpstreamConnection, UpstreamPool
 
 from .proxying import Proxy, Upstream, hits
 

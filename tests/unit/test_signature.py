@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from mlflow_bluegreen.worker.signature import breaking_changes
+from mlflow_bluegreen.worker.model.signature import breaking_changes
 
 IRIS = Schema([ColSpec("double", n) for n in ("sepal_length", "sepal_width", "petal_length")])
 

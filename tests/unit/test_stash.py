@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_bluegreen.worker import process
-from mlflow_bluegreen.worker.process import WorkerProcess, WorkerSpec
-from mlflow_bluegreen.worker.stash import LocalCopy, ModelStash
+from mlflow_bluegreen.worker.model.stash import LocalCopy, ModelStash
+from mlflow_bluegreen.worker.process import child as process
+from mlflow_bluegreen.worker.process.child import WorkerProcess, WorkerSpec
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from mlflow import MlflowClient
 
-from mlflow_bluegreen.worker.registry import RegistryError, RegistryResolver, classify
-from mlflow_bluegreen.worker.swap import Supervisor
-from mlflow_bluegreen.worker.uri import parse_model_uri
-from mlflow_bluegreen.worker.watcher import Watcher
+from mlflow_bluegreen.worker.control.supervisor import Supervisor
+from mlflow_bluegreen.worker.model.uri import parse_model_uri
+from mlflow_bluegreen.worker.tracking.registry import RegistryError, RegistryResolver, classify
+from mlflow_bluegreen.worker.tracking.watcher import Watcher
 
 from .fakes import Fleet
 from .test_swap import in_background, running, until
 
-LOG = "mlflow_bluegreen.worker.watcher"
+LOG = "mlflow_bluegreen.worker.tracking.watcher"
 
 
 class ScriptedResolver:

@@ -22,12 +22,12 @@ from typing import IO, Any
 
 import aiohttp
 
-from .inflight import InFlight
+from ..control.inflight import InFlight
+from ..model.prepare import Step, StepFailed, download_model, is_remote, prepare_env_command
+from ..model.stash import LocalCopy, ModelStash
+from ..threads import in_daemon_thread
 from .output import LINE_LIMIT, relay_lines
-from .prefetch import Step, StepFailed, download_model, is_remote, prepare_env_command
 from .procfs import group_pids
-from .stash import LocalCopy, ModelStash
-from .threads import in_daemon_thread
 
 log = logging.getLogger("mlflow_bluegreen.worker")
 

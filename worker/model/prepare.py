@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
-from .output import LINE_LIMIT, relay_lines
+from ..process.output import LINE_LIMIT, relay_lines
 
 # Local paths are served in place: nothing to fetch.
 _LOCAL_SCHEMES = frozenset({"", "file"})

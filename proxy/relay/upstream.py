@@ -15,7 +15,7 @@ import httptools
 
 # Idle connections older than POOL_KEEPALIVE are closed instead of reused: well under the
 # keep-alive the worker is given, so the worker never closes one we are about to use.
-from ..worker.process import POOL_KEEPALIVE
+from ...worker.process.child import POOL_KEEPALIVE
 
 CONNECT_TIMEOUT = 5.0
 

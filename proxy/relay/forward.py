@@ -12,7 +12,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from ..worker.swap import Supervisor, Worker
+from ...worker.control.supervisor import Supervisor, Worker
 from . import errors
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from mlflow.exceptions import MlflowException
 
-from .uri import ModelRef, Selector
+from ..model.uri import ModelRef, Selector
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from ..worker.swap import NoRollback
-from .errors import mlflow_error
+from ...worker.control.supervisor import NoRollback
+from ..relay.errors import mlflow_error
 from .webhook import MAX_BODY_BYTES, WebhookReceiver
 
 if TYPE_CHECKING:
-    from .sidecar import Sidecar
+    from ..sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .backoff import Backoff
+from ..control.backoff import Backoff
+from ..control.supervisor import Supervisor
+from ..threads import in_daemon_thread
 from .registry import RegistryError, Resolver, classify
-from .swap import Supervisor
-from .threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
 

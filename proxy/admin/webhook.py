@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..worker.uri import ModelRef, Selector
-from .errors import mlflow_error
+from ...worker.model.uri import ModelRef, Selector
+from ..relay.errors import mlflow_error
 
 if TYPE_CHECKING:
-    from .sidecar import Sidecar
+    from ..sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import httptools
 from aiohttp import web
 from yarl import URL
 
-from ..worker.swap import Worker
+from ...worker.control.supervisor import Worker
 from . import errors
 from .forward import CONTINUE, HOP_BY_HOP, REPLAYABLE_BODY, Forwarder
 from .upstream import BrokenResponse, CutShort, StaleConnection, UpstreamConnection, UpstreamPool

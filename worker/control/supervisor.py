@@ -34,10 +34,10 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from ..model.signature import breaking_changes
+from ..process.child import WorkerFailed
 from .backoff import Backoff
 from .inflight import InFlight
-from .process import WorkerFailed
-from .signature import breaking_changes
 
 log = logging.getLogger(__name__)
 
