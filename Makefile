@@ -29,9 +29,15 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(PY) -m pytest -ra tests/integration
 
+# mypy reads the package as it installs (mlflow_bluegreen.proxy, .worker) through links.
+TYPECHECK := build/typecheck/mlflow_bluegreen
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	mkdir -p $(TYPECHECK) && touch $(TYPECHECK)/__init__.py
+	ln -sfn ../../../proxy $(TYPECHECK)/proxy && ln -sfn ../../../worker $(TYPECHECK)/worker
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
