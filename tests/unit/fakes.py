@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_bluegreen.worker.control.inflight import InFlight
-from mlflow_bluegreen.worker.process.child import WorkerFailed
+from mlflow_bluegreen.worker.control.record import Step, WorkerFailed
 
 
 @dataclass
@@ -76,11 +76,11 @@ class FakeWorker:
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.sleep(self.plan.ready_delay)
         if self.plan.fail_at == "ready":
-            raise WorkerFailed("start", "exited with code 1 before ready", list(self.output))
+            raise WorkerFailed(Step.START, "exited with code 1 before ready", list(self.output))
 
     async def warm_up(self) -> bool:
         if self.plan.fail_at == "warm_up":
-            raise WorkerFailed("warm-up", "answered 500: boom", list(self.output))
+            raise WorkerFailed(Step.WARM_UP, "answered 500: boom", list(self.output))
         return True
 
     async def stop(self, grace: float) -> None:

@@ -94,7 +94,7 @@ def test_with_no_active_worker_a_canary_takes_every_request() -> None:
     fleet = Fleet()
     supervisor = make(fleet)
     canary = fleet("green", "2")
-    supervisor.canary, supervisor.canary_share = canary, 0.01
+    supervisor.roles.canary, supervisor.roles.canary_share = canary, 0.01
     assert all(supervisor.route() is canary for _ in range(100))
 
 

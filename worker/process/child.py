@@ -23,6 +23,7 @@ from typing import IO, Any
 import aiohttp
 
 from ..control.inflight import InFlight
+from ..control.record import WorkerFailed
 from ..model.prepare import Step, StepFailed, download_model, is_remote, prepare_env_command
 from ..model.stash import LocalCopy, ModelStash
 from ..threads import in_daemon_thread
@@ -97,7 +98,7 @@ def dying_with_us(command: Sequence[str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
-class WorkerFailed(Exception):
+class _OldWorkerFailed(Exception):
     """A worker did not become fit to serve. `step` is where it failed; `output` its last lines."""
 
     def __init__(self, step: str, reason: str, output: list[str] | None = None) -> None:
