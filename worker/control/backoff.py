@@ -18,7 +18,7 @@ class Backoff:
         of that so many sidecars that failed together do not retry together."""
         ceiling = min(self.cap, self.base * (2**self.attempts))
         self.attempts += 1
-        return ceiling * (0.5 + 0.5 * self._rng.random())
+        return float(ceiling * (0.5 + 0.5 * self._rng.random()))
 
     def reset(self) -> None:
         self.attempts = 0

@@ -36,13 +36,14 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from ..model.signature import breaking_changes
+from .bring_up import bring_up
 from .canary import CanaryPolicy, Counts, judge
 from .events import Event, Exited, Inbox, LingerOver, Stopped, Unhealthy, Wake
 from .failures import Failures
 from .observer import NoObserver, SwapObserver
 from .record import Result, Step, SwapRecord, WorkerFailed
 from .roles import SLOTS, Roles
+from .watchers import Stopper, report_exit, watch_linger
 from .worker import Worker, WorkerFactory
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,9 @@ class Supervisor:
         # Tasks that only watch and report: exits, the linger timer and its health checks.
         self._watchers: set[asyncio.Task[None]] = set()
         self._linger_timer: asyncio.Task[None] | None = None
-        # Drain-then-stop of each retiring worker; the stop alone, which nothing cancels.
+        # Drain-then-stop of each retiring worker, through the one stop per worker.
         self._retirements: dict[Worker, asyncio.Task[bool]] = {}
-        self._stopping: dict[Worker, asyncio.Task[None]] = {}
+        self._stopper = Stopper(self._inbox, stop_grace, drain_timeout)
 
     # -- what the proxy reads ------------------------------------------------------------------
 
@@ -325,6 +326,7 @@ class Supervisor:
                 self._end_linger(f"linger of {self.linger:g} s over")
             case Stopped(worker):
                 roles.retiring.discard(worker)
+                self._inputs.pop(worker, None)
                 self._retirements.pop(worker, None)
                 self.observer.worker_up(worker.slot, False)
                 self.observer.worker_stopped(worker)
@@ -403,9 +405,16 @@ class Supervisor:
             worker.version,
             self.linger,
         )
-        self._linger_timer = self._spawn_watcher(
-            self._linger_watch(worker), f"linger-{worker.slot}"
+        watch = watch_linger(
+            worker,
+            self.roles,
+            self._inbox,
+            seconds=self.linger,
+            interval=self.health_interval,
+            failures_allowed=self.health_failures,
+            pinned=lambda: self.pinned is not None,
         )
+        self._linger_timer = self._spawn_watcher(watch, f"linger-{worker.slot}")
 
     def _take_lingering(self) -> Worker | None:
         """The lingering worker, which lingers no more (its timer cancelled)."""
@@ -433,7 +442,7 @@ class Supervisor:
         if task is None:
             self.roles.retiring.add(worker)
             task = asyncio.create_task(
-                self._drain_and_stop(worker, record, drain), name=f"retire-{worker.slot}"
+                self._stopper.drain_and_stop(worker, record, drain), name=f"retire-{worker.slot}"
             )
             self._retirements[worker] = task
         return task
@@ -502,7 +511,10 @@ class Supervisor:
         worker = self._factory(slot, version)
         self.roles.starting = worker
         try:
-            await self._until(self._bring_up(worker, record, vetted=vetted))
+            guard = None if vetted or self.allow_signature_change else self._served_schema
+            self._inputs[worker] = await self._until(
+                bring_up(worker, record, startup_timeout=self.startup_timeout, guard=guard)
+            )
             if old is not None and old.alive and self.canary_policy is not None:
                 await self._run_canary(worker, old, self.canary_policy, record)
         except WorkerFailed as failure:
@@ -513,7 +525,7 @@ class Supervisor:
             self.roles.starting = None
             self._end_canary()
             with contextlib.suppress(Exception):
-                await self._stopped(worker)
+                await self._stopper.stopped(worker)
             raise
         self.roles.starting = None
 
@@ -526,7 +538,7 @@ class Supervisor:
         record.step_done(Step.SWITCH, round(time.monotonic() - step, 6))
         self.observer.worker_up(slot, True)
         log.info("swap %s -> %s: switched to %s", record.from_version, version, slot)
-        self._spawn_watcher(self._exit_watch(worker), f"watch-{worker.slot}")
+        self._spawn_watcher(report_exit(worker, self._inbox), f"watch-{worker.slot}")
 
         # An old worker that died during the swap is being stopped already.
         if old is not None and old.alive:
@@ -542,61 +554,6 @@ class Supervisor:
         stops = [task for w, task in self._retirements.items() if w.slot == slot]
         if stops:
             await asyncio.wait(stops)
-
-    async def _bring_up(self, worker: Worker, record: SwapRecord, *, vetted: bool) -> None:
-        step = time.monotonic()
-        try:
-            await worker.start()
-        except OSError as error:
-            raise WorkerFailed(Step.START, f"could not launch: {error}") from error
-        prepared = dict(worker.timings)  # download, prepare_env: before the boot
-        for name, seconds in prepared.items():
-            record.step_done(Step(name), seconds)
-        launched = time.monotonic() - step - sum(prepared.values())
-        record.step_done(Step.START, round(max(launched, 0.0), 3))
-        step = time.monotonic()  # the health clock measures the boot alone
-        served = self._served_schema
-        if (
-            served is not None
-            and served[0] != worker.version
-            and not (vetted or self.allow_signature_change)
-        ):
-            record.step = Step.SIGNATURE
-            await self._check_signature(served, worker, record)
-        record.step = Step.READY
-        # --startup-timeout bounds download, environment build and boot together.
-        await worker.wait_ready(max(self.startup_timeout - sum(prepared.values()), 1.0))
-        record.step_done(Step.READY, round(time.monotonic() - step, 3))
-        log.info(
-            "worker %s v%s ready in %.2f s", worker.slot, worker.version, record.steps[Step.READY]
-        )
-        step = time.monotonic()
-        record.step = Step.WARM_UP
-        warmed = await worker.warm_up()
-        record.step_done(Step.WARM_UP, round(time.monotonic() - step, 3))
-        if not warmed:
-            log.warning("version %s has no input example: warm-up skipped", worker.version)
-        # Read once while the MLmodel is at hand (the worker read it for the warm-up): the
-        # next version's guard compares with it even if this worker is gone by then.
-        self._inputs[worker] = await worker.input_schema()
-
-    async def _check_signature(
-        self, served: tuple[str, Any], new: Worker, record: SwapRecord
-    ) -> None:
-        """Block a version whose inputs would break the callers of the version that served
-        last (active, or dead and being restarted). Runs while the new worker boots, so a
-        blocked version costs no wait for its cold start."""
-        step = time.monotonic()
-        version, before = served
-        after = await new.input_schema()
-        record.step_done(Step.SIGNATURE, round(time.monotonic() - step, 3))
-        problems = breaking_changes(before, after)
-        if problems:
-            raise WorkerFailed(
-                Step.SIGNATURE,
-                f"inputs incompatible with version {version}: {'; '.join(problems)} "
-                "(--allow-signature-change lets it through)",
-            )
 
     async def _run_canary(
         self, worker: Worker, old: Worker, policy: CanaryPolicy, record: SwapRecord
@@ -703,81 +660,6 @@ class Supervisor:
         task.add_done_callback(self._watchers.discard)
         return task
 
-    async def _exit_watch(self, worker: Worker) -> None:
-        code = await worker.wait_exit()
-        self._inbox.post(Exited(worker, code))
-
-    async def _linger_watch(self, lingering: Worker) -> None:
-        """Health-check the active worker while `lingering` lingers: report it Unhealthy after
-        `health_failures` failed checks in a row, and LingerOver when the time is up."""
-        deadline = time.monotonic() + self.linger
-        failures = 0
-        while (remaining := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(self.health_interval, remaining))
-            active = self.roles.active
-            if self.roles.lingering is not lingering or active is None:
-                return
-            if await active.healthy():
-                failures = 0
-                continue
-            failures += 1
-            log.warning(
-                "active %s v%s failed health check %d of %d",
-                active.slot,
-                active.version,
-                failures,
-                self.health_failures,
-            )
-            if failures >= self.health_failures and not self.pinned:
-                # The loop falls back (and cancels this timer) unless things changed meanwhile;
-                # then the checks go on, and so does the linger.
-                self._inbox.post(Unhealthy(active, failures))
-                failures = 0
-        self._inbox.post(LingerOver(lingering))
-
-    async def _drain_and_stop(self, worker: Worker, record: SwapRecord | None, drain: bool) -> bool:
-        drained = True
-        if drain:
-            step = time.monotonic()
-            drained = await worker.in_flight.wait_idle(self.drain_timeout)
-            if record is not None:
-                record.step_done(Step.DRAIN, round(time.monotonic() - step, 3))
-            if not drained:
-                log.warning(
-                    "worker %s v%s still had %d requests after %g s; stopping it anyway",
-                    worker.slot,
-                    worker.version,
-                    worker.in_flight.count,
-                    self.drain_timeout,
-                )
-        step = time.monotonic()
-        await self._stopped(worker)
-        if record is not None:
-            record.step_done(Step.STOP, round(time.monotonic() - step, 3))
-        self._inbox.post(Stopped(worker))
-        return drained
-
-    def _stop_task(self, worker: Worker) -> asyncio.Task[None]:
-        """`worker.stop()` in a task of its own, one per worker, tracked until done."""
-        task = self._stopping.get(worker)
-        if task is None:
-            task = asyncio.create_task(self._stop_quietly(worker), name=f"stop-{worker.slot}")
-            self._stopping[worker] = task
-        return task
-
-    async def _stop_quietly(self, worker: Worker) -> None:
-        try:
-            await worker.stop(self.stop_grace)
-        except Exception:  # a stop that fails must not keep the slot busy forever
-            log.exception("stopping worker %s v%s failed", worker.slot, worker.version)
-        finally:
-            self._stopping.pop(worker, None)
-            self._inputs.pop(worker, None)
-
-    async def _stopped(self, worker: Worker) -> None:
-        """Stop `worker` and wait for it. A caller cancelled meanwhile does not abort the stop."""
-        await asyncio.shield(self._stop_task(worker))
-
     # -- shutdown ------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -786,13 +668,14 @@ class Supervisor:
             task.cancel()
         self._take_lingering()
         # Also those whose stop began and whose stopper was cancelled: each stop runs once.
-        workers = {w for _role, w in self.roles.all()} | set(self._stopping)
+        workers = {w for _role, w in self.roles.all()} | self._stopper.stopping()
         self._end_canary()
         self._set_active(None)
-        await asyncio.gather(*(self._stop_task(w) for w in workers), return_exceptions=True)
+        await asyncio.gather(*(self._stopper.stop(w) for w in workers), return_exceptions=True)
         self.roles.retiring.clear()
         self._retirements.clear()
         for worker in workers:
+            self._inputs.pop(worker, None)
             self.observer.worker_up(worker.slot, False)
             self.observer.worker_stopped(worker)
 
