@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..worker.control.supervisor import CanaryPolicy
+from ..worker.control import CanaryPolicy
 
 
 @dataclass(frozen=True)

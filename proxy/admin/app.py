@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from ...worker.control.supervisor import NoRollback
+from ...worker.control import NoRollback
 from ..relay.errors import mlflow_error
 from .webhook import MAX_BODY_BYTES, WebhookReceiver
 

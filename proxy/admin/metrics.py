@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ...worker.control.supervisor import SLOTS, SwapRecord, Worker
+from ...worker.control import SLOTS, SwapRecord, Worker
 from ...worker.tracking.registry import RegistryError
 
 PREFIX = "mlflow_bluegreen_"

@@ -21,7 +21,7 @@ import yaml
 from helm_python import Chart, HelmValuesError, lint
 
 from mlflow_bluegreen.proxy.cli import ENV_PREFIX
-from mlflow_bluegreen.worker.control.supervisor import Supervisor
+from mlflow_bluegreen.worker.control import Supervisor
 
 from .support import CHART, DEPLOY, cli_env_vars, dockerfile_env, start_serve
 

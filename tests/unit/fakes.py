@@ -7,8 +7,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow_bluegreen.worker.control import Step, WorkerFailed
 from mlflow_bluegreen.worker.control.inflight import InFlight
-from mlflow_bluegreen.worker.control.record import Step, WorkerFailed
 
 
 @dataclass

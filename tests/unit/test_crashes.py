@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mlflow.types import ColSpec, Schema
 
-from mlflow_bluegreen.worker.control.supervisor import CanaryPolicy, Supervisor
+from mlflow_bluegreen.worker.control import CanaryPolicy, Supervisor
 
 from .fakes import Fleet, Plan
 from .test_swap import active_version, running, until

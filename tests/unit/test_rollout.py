@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mlflow.types import ColSpec, Schema
 
-from mlflow_bluegreen.worker.control.supervisor import CanaryPolicy, NoRollback, Supervisor
+from mlflow_bluegreen.worker.control import CanaryPolicy, NoRollback, Supervisor
 
 from .fakes import Fleet, Plan
 from .test_swap import active_version, running, until

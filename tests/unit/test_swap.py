@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlflow_bluegreen.worker.control.supervisor import Supervisor
+from mlflow_bluegreen.worker.control import Supervisor
 
 from .fakes import Fleet, Plan
 

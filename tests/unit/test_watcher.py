@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from mlflow import MlflowClient
 
-from mlflow_bluegreen.worker.control.supervisor import Supervisor
+from mlflow_bluegreen.worker.control import Supervisor
 from mlflow_bluegreen.worker.model.uri import parse_model_uri
 from mlflow_bluegreen.worker.tracking.registry import RegistryError, RegistryResolver, classify
 from mlflow_bluegreen.worker.tracking.watcher import Watcher

@@ -1,0 +1,32 @@
+"""The swap state machine: what the rest of the sidecar may use of it.
+
+It knows workers only through the `Worker` protocol (worker.py) and imports no HTTP client and
+no process module: workers are made by the factory it is given, requests reach them through the
+proxy's own pools."""
+
+from .canary import CanaryPolicy
+from .inflight import InFlight
+from .observer import NoObserver, Observers, SwapObserver
+from .record import Result, Step, SwapRecord, WorkerFailed
+from .roles import SLOTS, Role, Roles
+from .supervisor import NoRollback, Supervisor
+from .worker import Worker, WorkerFactory
+
+__all__ = [
+    "SLOTS",
+    "CanaryPolicy",
+    "InFlight",
+    "NoObserver",
+    "NoRollback",
+    "Observers",
+    "Result",
+    "Role",
+    "Roles",
+    "Step",
+    "Supervisor",
+    "SwapObserver",
+    "SwapRecord",
+    "Worker",
+    "WorkerFactory",
+    "WorkerFailed",
+]

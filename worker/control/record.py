@@ -97,3 +97,34 @@ class SwapRecord:
         data["step"] = str(self.step)
         data["steps"] = {str(name): seconds for name, seconds in self.steps.items()}
         return data
+
+
+def log_succeeded(record: SwapRecord) -> None:
+    steps = {str(k): v for k, v in record.steps.items()}
+    log.info(
+        "swap %s -> %s: succeeded in %.3f s %s",
+        record.from_version,
+        record.to_version,
+        record.seconds,
+        steps,
+        extra={
+            "steps": steps,
+            "seconds": record.seconds,
+            "from_version": record.from_version,
+            "to_version": record.to_version,
+        },
+    )
+
+
+def log_rejected(record: SwapRecord, failure: WorkerFailed, serving: str, delay: float) -> None:
+    log.error(
+        "swap %s -> %s %s at %s: %s; still serving %s; next attempt in %.1f s%s",
+        record.from_version,
+        record.to_version,
+        record.result,
+        failure.step,
+        failure.reason,
+        serving,
+        delay,
+        "".join(f"\n    | {line}" for line in failure.output[-5:]),
+    )

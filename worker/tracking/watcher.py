@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..control import Supervisor
 from ..control.backoff import Backoff
-from ..control.supervisor import Supervisor
 from ..threads import in_daemon_thread
 from .registry import RegistryError, Resolver, classify
 
