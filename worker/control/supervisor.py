@@ -13,12 +13,11 @@ finished) is only reported by their watchers, as events in the loop's inbox (eve
 loop handles them between its own steps and while it waits for one (`_until`), so a worker
 that dies during a swap's boot is dealt with at once, by the same loop.
 
-The switch is one assignment of `roles.active`; the proxy reads it once per request.
-
-With `linger`, the replaced worker stays up without traffic for that long: the alias moving
-back to it, `rollback()`, or the new worker dying or failing its health checks switch back to
-it at once, with no cold start. Never more than two workers run: a swap to a third version
-stops the lingering one first, since it needs its slot.
+The switch is one assignment of `roles.active`; the proxy reads it once per request. With
+`linger`, the replaced worker stays up without traffic for that long: the alias moving back to
+it, `rollback()`, or the new worker dying or failing its health checks switch back to it at
+once, with no cold start. Never more than two workers run: a swap to a third version stops the
+lingering one first, since it needs its slot.
 
 An active worker that dies is restarted at once; one that dies twice in a row soon after taking
 traffic makes its version fail like one that never got ready. Whenever nothing serves and the
@@ -43,7 +42,7 @@ from .intent import Intent
 from .observer import SwapObserver
 from .record import Result, Step, SwapRecord, WorkerFailed, log_rejected, log_succeeded
 from .roster import Roster
-from .targets import idle_slot, next_target
+from .targets import idle_slot, next_target, retry_delay
 from .watchers import Stopper
 from .worker import Worker, WorkerFactory
 
@@ -107,10 +106,6 @@ class Supervisor:
     @observer.setter
     def observer(self, observer: SwapObserver) -> None:
         self.roster.observer = observer
-
-    @property
-    def linger(self) -> float:
-        return self.roster.linger
 
     # -- what the proxy and the admin port read ------------------------------------------------
 
@@ -258,9 +253,7 @@ class Supervisor:
                 task.add_done_callback(_retrieve)
 
     def _retry_delay(self, version: str) -> float:
-        if self.roles.warm_lingering(version) is not None:
-            return 0.0  # it served fine a moment ago: no backoff applies
-        return self._failures.retry_in(version)
+        return retry_delay(version, self.roles, self._failures)
 
     # -- events: what the watchers reported --------------------------------------------------
 
@@ -283,7 +276,7 @@ class Supervisor:
                 if worker is roles.active and roles.warm_lingering() and not self.intent.pinned:
                     self._fall_back(worker, f"{failures} failed health checks")
             case LingerOver(worker) if worker is roles.lingering:
-                self.roster.end_linger(f"linger of {self.linger:g} s over")
+                self.roster.end_linger(f"linger of {self.roster.linger:g} s over")
             case Stopped(worker):
                 self.roster.stopped(worker)
             case _:
@@ -342,7 +335,7 @@ class Supervisor:
         )
         if old is not None:
             self.roster.begin_linger(old)
-            record.step_done(Step.LINGER, self.linger)
+            record.step_done(Step.LINGER, self.roster.linger)
         self._succeeded(record)
 
     async def _swap(self, version: str, cause: str, *, vetted: bool = False) -> None:
@@ -399,9 +392,9 @@ class Supervisor:
 
         # An old worker that died during the swap is being stopped already.
         if old is not None and old.alive:
-            if self.linger > 0:
+            if self.roster.linger > 0:
                 roster.begin_linger(old)
-                record.step_done(Step.LINGER, self.linger)
+                record.step_done(Step.LINGER, self.roster.linger)
             else:
                 record.step = Step.DRAIN
                 record.drained = await self._until(roster.retire(old, record))

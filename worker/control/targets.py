@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from .failures import Failures
 from .roles import SLOTS, Roles
 
 RetryDelay = Callable[[str], float]
@@ -36,3 +37,10 @@ def idle_slot(roles: Roles, last_slot: str | None) -> str:
     that served) is not in."""
     busy = roles.active.slot if roles.active is not None else last_slot
     return SLOTS[1] if busy == SLOTS[0] else SLOTS[0]
+
+
+def retry_delay(version: str, roles: Roles, failures: Failures) -> float:
+    """Seconds until `version` may be tried again."""
+    if roles.warm_lingering(version) is not None:
+        return 0.0  # it served fine a moment ago: no backoff applies
+    return failures.retry_in(version)
