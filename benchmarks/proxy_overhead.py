@@ -91,8 +91,21 @@ class Layout:
         return LAYOUTS[self.name]
 
 
+STANDALONE = Path(__file__).with_name("standalone_proxy.py")
+# Where the standalone proxy was in the package before it moved here: how older copies run it.
+OLD_STANDALONE = ("mlflow_bluegreen", "proxy", "standalone.py")
+
+
+def standalone_command(pythonpath: str | None) -> list[str]:
+    """The standalone proxy of this tree, or of the package copy in `pythonpath`: its own
+    module when that copy still has one (older commits), else this tree's script run on it."""
+    if pythonpath and Path(pythonpath, *OLD_STANDALONE).is_file():
+        return [sys.executable, "-m", "mlflow_bluegreen.proxy.standalone"]
+    return [sys.executable, str(STANDALONE)]
+
+
 class Standalone:
-    """`python -m mlflow_bluegreen.proxy.standalone`, optionally from another source tree."""
+    """benchmarks/standalone_proxy.py, optionally on another copy of the package."""
 
     def __init__(self, upstream: str, cpus: set[int] | None, pythonpath: str | None = None) -> None:
         self.port = free_port()
@@ -103,9 +116,12 @@ class Standalone:
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
         command = [
-            sys.executable, "-m", "mlflow_bluegreen.proxy.standalone",
-            "--upstream", upstream, "--port", str(self.port),
-        ]  # fmt: skip
+            *standalone_command(pythonpath),
+            "--upstream",
+            upstream,
+            "--port",
+            str(self.port),
+        ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT

@@ -1,65 +1,46 @@
-"""Responses in MLflow's error shape, for what the sidecar itself answers on the public port."""
+"""The sidecar's own answers (rules.Answer) written out: as aiohttp responses, or as the bytes
+the fast path sends. What they say is decided in rules.py."""
 
 from __future__ import annotations
 
-import json
+import time
+from email.utils import formatdate
 
 from aiohttp import web
 
-RETRY_AFTER_SECONDS = "5"
+from . import rules
+
+
+def response(answer: rules.Answer) -> web.Response:
+    """For aiohttp's side of the public port, and the admin port."""
+    return web.Response(
+        status=answer.status, reason=answer.reason, headers=answer.headers, body=answer.body
+    )
 
 
 def mlflow_error(status: int, error_code: str, message: str, **headers: str) -> web.Response:
     """A JSON body `{"error_code": ..., "message": ...}` as the scoring server writes its own."""
-    body = json.dumps({"error_code": error_code, "message": message})
-    return web.Response(
-        status=status, body=body.encode(), content_type="application/json", headers=headers
-    )
+    return response(rules.mlflow_error(status, error_code, message, **headers))
 
 
-def not_ready(message: str = "No model version is ready to serve yet.") -> web.Response:
-    return mlflow_error(
-        503, "TEMPORARILY_UNAVAILABLE", message, **{"Retry-After": RETRY_AFTER_SECONDS}
-    )
+def raw(answer: rules.Answer, close: bool) -> bytes:
+    """For the fast path: the same status line, headers and body as aiohttp writes them."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason.encode())]
+    lines.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in answer.headers)
+    lines.append(b"Content-Length: %d\r\nDate: %s\r\n" % (len(answer.body), http_date()))
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(answer.body)
+    return b"".join(lines)
 
 
-def upstream_timeout() -> web.Response:
-    return mlflow_error(504, "DEADLINE_EXCEEDED", "The model server did not answer in time.")
+_date_cache: tuple[int, bytes] = (0, b"")
 
 
-def upstream_failed(reason: str) -> web.Response:
-    return mlflow_error(
-        502,
-        "TEMPORARILY_UNAVAILABLE",
-        f"The model server failed: {reason}",
-        **{"Retry-After": RETRY_AFTER_SECONDS},
-    )
-
-
-def body_too_large(limit: int) -> web.Response:
-    return mlflow_error(
-        413, "RESOURCE_LIMIT_EXCEEDED", f"The request body is larger than {limit} bytes."
-    )
-
-
-def body_timeout() -> web.Response:
-    return mlflow_error(408, "BAD_REQUEST", "The request body did not arrive in time.")
-
-
-def bad_target(target: str) -> web.Response:
-    return mlflow_error(400, "BAD_REQUEST", f"Unsupported request target {target[:200]!r}.")
-
-
-def shutting_down() -> web.Response:
-    return mlflow_error(
-        503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **{"Retry-After": RETRY_AFTER_SECONDS}
-    )
-
-
-def version_not_served(asked: str, serving: str | None) -> web.Response:
-    now = f" (serving {serving} now)" if serving is not None else ""
-    return mlflow_error(
-        404,
-        "RESOURCE_DOES_NOT_EXIST",
-        f"Model version {asked!r} named by X-Model-Version is not served here{now}.",
-    )
+def http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]

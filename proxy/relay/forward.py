@@ -1,80 +1,58 @@
-"""The public port: every request goes to the active worker, bytes in and bytes out."""
+"""aiohttp's side of the public port: the requests the fast path hands over, relayed with
+aiohttp's client. Both paths share this module's routing (choose_worker, replacement,
+worker_died); every rule they follow is in rules.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, istr
 from yarl import URL
 
-from ...worker.control.supervisor import Supervisor, Worker
-from . import errors
+from ...worker.control.worker import Worker
+from . import errors, rules
+from .pools import Pools
 
 log = logging.getLogger(__name__)
 
-VERSION_HEADER = istr("X-Model-Version")
-
-# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. Trailer goes with
-# Transfer-Encoding: we do not forward trailers. Lower-case: header names are compared that way
-# (istr hashes by its original spelling, so a set of istr misses "x-hop" spelled "X-Hop").
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Rewritten by the client library for the worker's address and the body actually sent; Expect is
-# answered by our own server (100-continue) before the body is read; X-Model-Version on a
-# request is a routing instruction to us.
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect", VERSION_HEADER.lower()}
-
-# Bodies up to this size are read before forwarding, so a request can be sent again if the worker
-# closed a pooled connection just as we wrote to it (the same trade as nginx's
-# client_body_buffer_size). Larger bodies stream through and are not retried.
-REPLAYABLE_BODY = 1 << 20
-
+VERSION_HEADER = istr(rules.VERSION_HEADER)
 # The connection closed before any response byte: the worker never handled the request.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_HEALTH_PATHS = frozenset({"/ping", "/health"})
-
-# How long a worker that closed a fresh connection without answering may take to be seen exiting.
-# A SIGKILLed worker drops its connections before its exit is reaped (polled every 0.1 s), so
-# the request is resent to its replacement; one still alive after this is sick, and the client
-# gets a 502 instead of waiting for a replacement that is not coming.
-DYING_GRACE = 0.5
 
 RequestObserver = Callable[[str, int, float], None]
 """(method, status, seconds) for every request answered."""
 
 
-def _listed_in_connection(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    named = headers.getall(hdrs.CONNECTION, ())
-    return frozenset(t.strip().lower() for v in named for t in v.split(",") if t.strip())
+class Supervision(Protocol):
+    """What the relay reads of the supervisor."""
+
+    @property
+    def roles(self) -> rules.RoleView[Worker]: ...
+    @property
+    def served(self) -> bool: ...
+    async def wait_for_worker(
+        self, timeout: float, exclude: Worker | None = None
+    ) -> Worker | None: ...
+    def workers(self) -> list[tuple[str, Worker]]: ...
 
 
-def _without(headers: CIMultiDictProxy[str], dropped: frozenset[str]) -> CIMultiDict[str]:
-    if hdrs.CONNECTION in headers:
-        dropped = dropped | _listed_in_connection(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+def _decoded(headers: rules.Headers) -> CIMultiDict[str]:
+    """Headers as aiohttp's parser gives them."""
+    return CIMultiDict(
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in headers
+    )
 
 
-def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    return _without(headers, _NOT_FORWARDED)
-
-
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    return _without(headers, HOP_BY_HOP)
+def version_text(head: rules.RequestHead) -> str | None:
+    return head.version.decode("latin-1") if head.version is not None else None
 
 
 class _BodyTooLarge(Exception):
@@ -126,25 +104,29 @@ class Forwarder:
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: Supervision,
         observe: RequestObserver | None = None,
         *,
         queue_timeout: float = 30.0,
         max_body_size: int = 64 * 1024 * 1024,
         body_timeout: float = 60.0,
+        read_timeout: float = 70.0,
     ) -> None:
         self._supervisor = supervisor
         self.observe = observe or (lambda _m, _s, _t: None)
         self._queue_timeout = queue_timeout
         self.max_body_size = max_body_size
         self.body_timeout = body_timeout
+        # Connections to the workers, for both paths; `read_timeout` bounds each wait for a
+        # worker's next bytes.
+        self.pools = Pools(read_timeout, lambda: (w for _role, w in supervisor.workers()))
         # Set on SIGTERM: /ping and /health say 503 so load balancers stop sending, and every
         # response closes its connection so clients reconnect to another replica.
         self.closing = False
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
-        status = 499  # nginx's code for a client that went away before the answer
+        status = rules.CLIENT_GONE  # unless it is answered
         try:
             response = await self._handle(request)
             status = response.status
@@ -155,88 +137,102 @@ class Forwarder:
             self.observe(request.method, status, time.perf_counter() - started)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if self.closing and request.path in _HEALTH_PATHS:
-            return errors.shutting_down()
-        target = request.raw_path
-        if not target.startswith("/"):
-            target = request.rel_url.raw_path_qs  # absolute-form: the worker gets the path
-            if not target.startswith("/"):  # `OPTIONS *`, or an authority (CONNECT)
-                return errors.bad_target(request.raw_path)
-        length = request.content_length
-        if length is not None and length > self.max_body_size:
-            return errors.body_too_large(self.max_body_size)
-        if (
-            request.version >= aiohttp.HttpVersion11
-            and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
-        ):
-            # aiohttp's low-level server (ours) leaves this to the handler. Other expectations
-            # are ignored, as uvicorn ignores them.
-            await request.writer.write(CONTINUE)
+        raw_target = request.raw_path
+        target = rules.upstream_target(raw_target, request.rel_url.raw_path_qs)
+        refusal = rules.refusal(
+            request.path,
+            raw_target,
+            target,
+            request.content_length,
+            closing=self.closing,
+            max_body_size=self.max_body_size,
+        )
+        if refusal is not None:
+            return errors.response(refusal)
+        assert target is not None
+        head = rules.request_head(request.raw_headers)
+        if rules.send_continue(head, request.version >= aiohttp.HttpVersion11):
+            # aiohttp's low-level server (ours) leaves this to the handler.
+            await request.writer.write(rules.CONTINUE)
             request.writer.output_size = 0
-        headers = request_headers(request.headers)
+        headers = _decoded(head.kept)
         try:
             data = await self._body(request, headers)
         except TimeoutError:
-            return errors.body_timeout()
+            return errors.response(rules.body_timeout())
         except _BodyTooLarge:
-            return errors.body_too_large(self.max_body_size)
-        version = request.headers.get(VERSION_HEADER)
+            return errors.response(rules.body_too_large(self.max_body_size))
+        version = version_text(head)
         chosen = await self.choose_worker(request.path, version)
-        if isinstance(chosen, web.Response):
-            return chosen
+        if isinstance(chosen, rules.Answer):
+            return errors.response(chosen)
         worker = chosen
         while True:
             try:
                 return await self._forward(request, target, worker, headers, data)
             except _WorkerGone as error:
                 # The request never reached a worker: hold it for the restarted one.
-                replacement = None
-                if not isinstance(data, StreamedBody):
-                    replacement = await self.replacement(request.path, worker, version)
+                replacement = await self.replacement(request.path, worker, version)
                 if replacement is None:
-                    return errors.upstream_failed(str(error))
+                    return errors.response(rules.upstream_failed(str(error)))
                 worker = replacement
             except _BodyTooLarge:
-                return errors.body_too_large(self.max_body_size)
+                return errors.response(rules.body_too_large(self.max_body_size))
 
     def serving_now(self) -> Worker | None:
         """The worker for a request that names no version, when one is ready now."""
-        return self._supervisor.route()
+        return rules.route(self._supervisor.roles, random.random)
 
-    async def choose_worker(self, path: str, version: str | None) -> Worker | web.Response:
+    async def choose_worker(self, path: str, version: str | None) -> Worker | rules.Answer:
         """The worker for a request, or the answer to give instead."""
-        if version is not None:
-            # A client may ask for the version it started a session with (active, lingering
-            # or canary); it goes to that worker or nowhere.
-            worker = self._supervisor.worker_for(version.strip())
-            if worker is None:
-                active = self._supervisor.active
-                return errors.version_not_served(version, active.version if active else None)
-            return worker
-        worker = self._supervisor.route()
-        if worker is None:
-            worker = await self._wait_for_worker(path, gone=None)
-            if worker is None:
-                return errors.not_ready()
-        return worker
+        supervisor = self._supervisor
+        chosen = rules.choose(
+            supervisor.roles, version, path=path, served=supervisor.served, draw=random.random
+        )
+        if chosen is rules.HOLD:
+            # The active worker restarts: hold the request for it.
+            worker = await supervisor.wait_for_worker(self._queue_timeout)
+            return worker if worker is not None else rules.not_ready()
+        return chosen
 
     async def replacement(self, path: str, gone: Worker, version: str | None) -> Worker | None:
         """The worker to resend a request to that `gone` never received, if any."""
-        replacement = await self._wait_for_worker(path, gone=gone)
-        if replacement is None or (version is not None and replacement.version != gone.version):
+        if not rules.may_hold(path, self._supervisor.served):
             return None
-        return replacement
+        replacement = await self._supervisor.wait_for_worker(self._queue_timeout, exclude=gone)
+        return rules.resend_to(replacement, gone, version)
 
     async def worker_died(self, worker: Worker) -> bool:
         """Whether `worker` has exited or exits within DYING_GRACE."""
         if not worker.alive:
             return True
         try:
-            async with asyncio.timeout(DYING_GRACE):
+            async with asyncio.timeout(rules.DYING_GRACE):
                 await worker.wait_exit()
         except TimeoutError:
             return False
         return True
+
+    async def after_failure(
+        self,
+        worker: Worker,
+        failure: rules.Failure,
+        *,
+        retried: bool,
+        sent: bool,
+        replayable: bool,
+        over_limit: bool = False,
+    ) -> rules.Outcome:
+        """rules.after_failure, asking whether the worker died when the rule needs to know."""
+        outcome = rules.after_failure(
+            failure, retried=retried, sent=sent, replayable=replayable, over_limit=over_limit
+        )
+        if outcome is rules.Outcome.ASK:
+            died = await self.worker_died(worker)
+            outcome = rules.after_failure(
+                failure, retried=retried, sent=sent, replayable=replayable, died=died
+            )
+        return outcome
 
     async def _body(
         self, request: web.BaseRequest, headers: CIMultiDict[str]
@@ -244,15 +240,15 @@ class Forwarder:
         if not request.body_exists:
             return None
         length = request.content_length
-        if length is not None and length <= REPLAYABLE_BODY and request.content.is_eof():
+        if length is not None and length <= rules.REPLAYABLE_BODY and request.content.is_eof():
             # The whole body came with the headers: nothing to wait for, no timer to arm.
             return await request.read()
         async with asyncio.timeout(self.body_timeout):
-            if length is not None and length <= REPLAYABLE_BODY:
+            if length is not None and length <= rules.REPLAYABLE_BODY:
                 return await request.read()
             # Unknown or large: hold up to the replay size, stream the rest.
             prefix = bytearray()
-            while len(prefix) <= REPLAYABLE_BODY:
+            while len(prefix) <= rules.REPLAYABLE_BODY:
                 chunk = await request.content.readany()
                 if not chunk:
                     if len(prefix) > self.max_body_size:
@@ -263,13 +259,6 @@ class Forwarder:
             headers[hdrs.CONTENT_LENGTH] = str(length)
         return StreamedBody(bytes(prefix), request.content, self.max_body_size, self.body_timeout)
 
-    async def _wait_for_worker(self, path: str, gone: Worker | None) -> Worker | None:
-        """Hold a request while the active worker restarts; never before the first worker was
-        ready (a sidecar still starting says so at once) and never for health checks."""
-        if path in _HEALTH_PATHS or not self._supervisor.served:
-            return None
-        return await self._supervisor.wait_for_worker(self._queue_timeout, exclude=gone)
-
     async def _forward(
         self,
         request: web.BaseRequest,
@@ -279,39 +268,51 @@ class Forwarder:
         data: bytes | StreamedBody | None,
     ) -> web.StreamResponse:
         url = URL(worker.base_url + target, encoded=True)
-        sessions = (worker.session, worker.fresh_session)
-        assert sessions[0] is not None and sessions[1] is not None
+        sessions = self.pools.for_worker(worker).sessions
+        replayable = not isinstance(data, StreamedBody)
         # Counted before the first await: a swap that switches away from this worker now will
         # wait for this request before stopping it.
         worker.in_flight.enter()
         failed = True  # unless an answer below says otherwise: counts against a canary
         try:
-            for attempt, session in enumerate(sessions):
+            retried = False
+            while True:
+                session = sessions[1] if retried else sessions[0]
                 try:
                     upstream = await session.request(
                         request.method, url, headers=headers, data=data, allow_redirects=False
                     )
                 except aiohttp.ClientConnectorError as error:
-                    raise _WorkerGone(f"cannot connect: {error.os_error}") from error
+                    failure, reason = rules.Failure.CONNECT, f"cannot connect: {error.os_error}"
                 except _STALE_CONNECTION as error:
-                    if isinstance(data, StreamedBody):
-                        if data.exceeded:
-                            raise _BodyTooLarge from error
-                        return errors.upstream_failed(repr(error))
-                    if attempt == 0:  # once more, on a connection of its own
-                        log.debug("retrying %s %s after %r", request.method, request.path, error)
-                        continue
-                    if await self.worker_died(worker):
-                        raise _WorkerGone(f"worker exited: {error!r}") from error
-                    return errors.upstream_failed(repr(error))
+                    failure, reason = rules.Failure.STALE, repr(error)
                 except (TimeoutError, aiohttp.ServerTimeoutError):
-                    return errors.upstream_timeout()
-                try:
-                    response, failed = await self._relay(request, upstream, worker)
-                finally:
-                    upstream.release()
-                return response
-            raise AssertionError("unreachable")
+                    failure, reason = rules.Failure.TIMEOUT, "timeout"
+                except aiohttp.ClientResponseError as error:
+                    failure, reason = rules.Failure.MALFORMED, repr(error)
+                else:
+                    try:
+                        response, failed = await self._relay(request, upstream, worker, replayable)
+                    finally:
+                        upstream.release()
+                    return response
+                outcome = await self.after_failure(
+                    worker,
+                    failure,
+                    retried=retried,
+                    sent=False,
+                    replayable=replayable,
+                    over_limit=isinstance(data, StreamedBody) and data.exceeded,
+                )
+                if outcome is rules.Outcome.RETRY:  # once more, on a connection of its own
+                    log.debug("retrying %s %s after %s", request.method, request.path, reason)
+                    retried = True
+                    continue
+                if outcome is rules.Outcome.RESEND:
+                    if failure is not rules.Failure.CONNECT:
+                        reason = f"worker exited: {reason}"
+                    raise _WorkerGone(reason)
+                return errors.response(rules.failure_answer(outcome, reason, self.max_body_size))
         except asyncio.CancelledError:
             failed = False  # the client went away: not the worker's fault
             raise
@@ -319,35 +320,44 @@ class Forwarder:
             worker.in_flight.leave(failed)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, worker: Worker
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        worker: Worker,
+        replayable: bool,
     ) -> tuple[web.StreamResponse, bool]:
         """The worker's answer, relayed; and whether it counts as the worker's failure."""
-        headers = response_headers(upstream.headers)
+        head = rules.response_head(upstream.raw_headers)
+        headers = _decoded(head.kept)
         headers[VERSION_HEADER] = worker.version
-        length = upstream.content_length
-        if (
-            length is not None
-            and length <= REPLAYABLE_BODY
-            and request.method != "HEAD"
-            and upstream.status not in (204, 304)
-        ):
+        if rules.hold_whole(upstream.content_length, upstream.status, request.method == "HEAD"):
             # A small answer of known size: one write of headers and body, no chunk loop.
             try:
                 body = await upstream.read()
-            except TimeoutError as error:
-                log.warning("upstream stalled mid-response: %r", error)
-                return errors.upstream_timeout(), True  # as the fast path answers it
-            except aiohttp.ClientError as error:
-                log.warning("upstream failed mid-response, nothing sent yet: %r", error)
-                if await self.worker_died(worker):
+            except (TimeoutError, aiohttp.ClientError) as error:
+                timeout = isinstance(error, TimeoutError)
+                log.warning(
+                    "upstream %s mid-response, nothing sent yet: %r",
+                    "stalled" if timeout else "failed",
+                    error,
+                )
+                outcome = await self.after_failure(
+                    worker,
+                    rules.Failure.TIMEOUT if timeout else rules.Failure.CUT,
+                    retried=True,
+                    sent=False,
+                    replayable=replayable,
+                )
+                if outcome is rules.Outcome.RESEND:
                     raise _WorkerGone(f"worker exited mid-answer: {error!r}") from error
-                return errors.upstream_failed(repr(error)), True
-            del headers[hdrs.CONTENT_LENGTH]
+                failed = rules.failure_answer(outcome, repr(error), self.max_body_size)
+                return errors.response(failed), True
+            headers.popall(hdrs.CONTENT_LENGTH, None)
             # Not prepared yet: __call__ closes its connection when shutting down.
             answer = web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
-            return answer, answer.status >= 500
+            return answer, rules.counts_against_worker(answer.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         if self.closing:
@@ -357,11 +367,10 @@ class Forwarder:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
         except (TimeoutError, aiohttp.ClientError) as error:
-            # Headers are out: all we can do is cut the connection so the client sees a broken
-            # response rather than a short one that looks whole.
+            # rules.Outcome.CUT: headers are out.
             log.warning("upstream failed mid-response: %r", error)
             if request.transport is not None:
                 request.transport.close()
             return response, True  # a cut answer is the worker's failure, whatever its status
         await response.write_eof()
-        return response, response.status >= 500
+        return response, rules.counts_against_worker(response.status)

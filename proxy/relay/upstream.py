@@ -13,10 +13,11 @@ from typing import Protocol
 
 import httptools
 
-# Idle connections older than POOL_KEEPALIVE are closed instead of reused: well under the
-# keep-alive the worker is given, so the worker never closes one we are about to use.
-from ...worker.process.child import POOL_KEEPALIVE
-
+# Idle connections to a worker older than this are closed instead of reused (here and in
+# aiohttp's pools, pools.py). The worker keeps them open far longer (its WORKER_KEEPALIVE, 75 s),
+# so the proxy, never the worker, closes an idle connection. Otherwise a request can be written
+# onto a connection the worker closed a moment before, and aiohttp never retries a POST.
+POOL_KEEPALIVE = 15.0
 CONNECT_TIMEOUT = 5.0
 
 

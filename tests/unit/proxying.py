@@ -1,8 +1,10 @@
-"""The public port exactly as the sidecar builds it, in front of real HTTP upstreams."""
+"""The public port exactly as the sidecar builds it, in front of real HTTP upstreams, with a
+stand-in for what it reads of the supervisor (`Routing`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,10 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from mlflow_bluegreen.proxy.relay.forward import Forwarder
-from mlflow_bluegreen.proxy.relay.public_port import PublicPort
+from mlflow_bluegreen.proxy.relay.port import PublicPort
 from mlflow_bluegreen.worker.control.inflight import InFlight
-from mlflow_bluegreen.worker.control.supervisor import Supervisor
-from mlflow_bluegreen.worker.process.child import connection_pool
 
 HITS = web.AppKey("hits", list)
 BIG = 3 * 1024 * 1024 + 17  # over the replay limit: streamed, not read whole
@@ -25,7 +25,8 @@ BIG = 3 * 1024 * 1024 + 17  # over the replay limit: streamed, not read whole
 
 @dataclass(eq=False)  # a worker is itself, not its fields: the supervisor keys state by it
 class Upstream:
-    """What a worker needs to be forwarded to: an address and its connection pools."""
+    """What the relay reads of a worker: an address, a version, an in-flight count and whether
+    it exited. `read_timeout` is the relay's setting for the proxy in front of it."""
 
     base_url: str
     version: str = "7"
@@ -33,8 +34,6 @@ class Upstream:
     in_flight: InFlight = field(default_factory=InFlight)
 
     def __post_init__(self) -> None:
-        self.session = connection_pool(self.read_timeout, 10)  # for requests aiohttp serves
-        self.fresh_session = connection_pool(self.read_timeout, 10, fresh=True)
         self.exited = asyncio.Event()
 
     @property
@@ -46,8 +45,45 @@ class Upstream:
         return -9
 
     async def close(self) -> None:
-        await self.session.close()
-        await self.fresh_session.close()
+        """Nothing to close: connections to it are the relay's (pools.py)."""
+
+
+@dataclass
+class Roles:
+    active: Any = None
+    canary: Any = None
+    canary_share: float = 0.0
+    lingering: Any = None
+
+
+class Routing:
+    """What the relay reads of the supervisor (forward.Supervision), as the supervisor keeps
+    it: the roles, whether a worker ever served, and a wait for the next active worker."""
+
+    def __init__(self) -> None:
+        self.roles = Roles()
+        self.served = False
+        self._switched = asyncio.Event()
+
+    def _set_active(self, worker: Any) -> None:
+        self.roles.active = worker
+        if worker is not None:
+            self.served = True
+        self._switched.set()
+        self._switched = asyncio.Event()
+
+    async def wait_for_worker(self, timeout: float, exclude: Any = None) -> Any:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.roles.active is None or self.roles.active is exclude:
+                    await self._switched.wait()
+        active = self.roles.active
+        return active if active is not None and active is not exclude else None
+
+    def workers(self) -> list[tuple[str, Any]]:
+        roles = self.roles
+        named = (("active", roles.active), ("canary", roles.canary), ("lingering", roles.lingering))
+        return [(role, worker) for role, worker in named if worker is not None]
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -101,7 +137,7 @@ class Proxy:
     def __init__(
         self,
         public: PublicPort,
-        supervisor: Supervisor,
+        supervisor: Routing,
         forwarder: Forwarder,
         seen: list[Any],
     ) -> None:
@@ -130,26 +166,26 @@ class Proxy:
 
 @pytest.fixture
 async def make_proxy() -> AsyncIterator[Callable[[Upstream | None], Awaitable[Proxy]]]:
-    created: list[tuple[PublicPort, Upstream | None]] = []
+    created: list[PublicPort] = []
 
     async def make(
         upstream: Upstream | None, keepalive_timeout: float = 75.0, **options: Any
     ) -> Proxy:
-        supervisor = Supervisor(lambda slot, version: None)  # type: ignore[arg-type, return-value]
+        supervisor = Routing()
         if upstream is not None:
-            supervisor._set_active(upstream)  # type: ignore[arg-type]
+            supervisor._set_active(upstream)
         seen: list[Any] = []
+        if upstream is not None:
+            options.setdefault("read_timeout", upstream.read_timeout)
         forwarder = Forwarder(supervisor, lambda *args: seen.append(args), **options)
         public = PublicPort(forwarder, keepalive_timeout=keepalive_timeout)
         await public.start("127.0.0.1", 0)
-        created.append((public, upstream))
+        created.append(public)
         return Proxy(public, supervisor, forwarder, seen)
 
     yield make
-    for public, upstream in created:
+    for public in created:
         await public.close(1)
-        if upstream is not None:
-            await upstream.close()
 
 
 @pytest.fixture

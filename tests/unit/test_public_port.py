@@ -118,7 +118,7 @@ async def test_small_requests_stay_on_the_fast_path_and_share_one_upstream_conne
                 assert seen["sha256"] == hashlib.sha256(b"[%d]" % index).hexdigest()
     assert len(proxy.public.handover.connections) == 0  # aiohttp never saw one
     assert [status for _m, status, _t in proxy.seen] == [200] * 20
-    pools = list(proxy.public._pools.values())
+    pools = [each.raw for each in proxy.public.pools]
     assert len(pools) == 1 and pools[0].open == 1
 
 
@@ -467,7 +467,7 @@ async def test_the_access_log_is_written_when_asked_for(
             client.post(proxy.url + "/invocations?a=1", data=b"{}") as response,
         ):
             await response.read()
-    ours = [r for r in caplog.records if r.pathname.endswith("public_port.py")]  # not echo's
+    ours = [r for r in caplog.records if r.pathname.endswith("exchange.py")]  # not echo's
     lines = [r.getMessage() for r in ours if r.name == "aiohttp.access"]
     assert len(lines) == 1
     assert '"POST /invocations?a=1 HTTP/1.1" 200' in lines[0]
