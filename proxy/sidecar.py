@@ -24,7 +24,7 @@ from .admin.app import build_admin_app
 from .admin.metrics import Metrics, WorkerCollector
 from .config import Config
 from .relay.forward import Forwarder
-from .relay.public_port import PublicPort
+from .relay.port import PublicPort
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ async def serve(config: Config) -> int:
         queue_timeout=config.queue_timeout,
         max_body_size=config.max_body_size,
         body_timeout=float(config.timeout),
+        # The worker answers 504 itself after `timeout`; this only catches one that hangs.
+        read_timeout=float(config.timeout + 10),
     )
     public = PublicPort(
         forwarder, access_log=config.access_log, keepalive_timeout=config.keepalive_timeout
