@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from .worker import Worker
 
@@ -69,3 +70,23 @@ class Roles:
         if worker is None or not worker.alive:
             return None
         return worker if version is None or worker.version == version else None
+
+    def in_flight(self) -> int:
+        """Requests being answered, by every worker."""
+        return sum(w.in_flight.count for _role, w in self.all())
+
+    def kill_now(self) -> None:
+        """For a forced exit: every worker, at once."""
+        for _role, worker in self.all():
+            worker.kill_now()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "active": _describe(self.active, since=self.active_since),
+            "lingering": _describe(self.lingering, until=self.lingering_until),
+            "canary": _describe(self.canary, percent=100 * self.canary_share),
+        }
+
+
+def _describe(worker: Worker | None, **extra: Any) -> dict[str, Any] | None:
+    return None if worker is None else {**worker.status(), **extra}

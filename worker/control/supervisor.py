@@ -153,7 +153,7 @@ class Supervisor:
         return [(str(role), worker) for role, worker in self.roles.all()]
 
     def in_flight(self) -> int:
-        return sum(w.in_flight.count for _role, w in self.roles.all())
+        return self.roles.in_flight()
 
     def _set_active(self, worker: Worker | None) -> None:
         """For tests of the proxy alone: `worker` serves, without a swap."""
@@ -479,25 +479,17 @@ class Supervisor:
         await self.roster.close()
 
     def kill_now(self) -> None:
-        for _role, worker in self.roles.all():
-            worker.kill_now()
+        self.roles.kill_now()
 
     def status(self) -> dict[str, Any]:
-        roles = self.roles
         return {
             "wanted_version": self.intent.wanted,
-            "active": _describe(roles.active, since=roles.active_since),
-            "lingering": _describe(roles.lingering, until=roles.lingering_until),
-            "canary": _describe(roles.canary, percent=100 * roles.canary_share),
+            **self.roles.status(),
             "pinned": self.intent.pinned,
             "swap_in_progress": self.current.as_dict() if self.current else None,
             "failed_versions": {v: self._failures.describe(v) for v in self._failures.versions()},
             "history": [r.as_dict() for r in reversed(self.history)],
         }
-
-
-def _describe(worker: Worker | None, **extra: Any) -> dict[str, Any] | None:
-    return None if worker is None else {**worker.status(), **extra}
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
