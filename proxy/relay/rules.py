@@ -48,17 +48,8 @@ VERSION_HEADER = "X-Model-Version"
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded. Trailer goes with
 # Transfer-Encoding: we do not forward trailers.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+_ONE_HOP = {"connection", "proxy-connection", "keep-alive", "te", "trailer"}
+HOP_BY_HOP = frozenset({*_ONE_HOP, "transfer-encoding", "upgrade"})
 # Not forwarded on a request, besides those: Host and Content-Length are rewritten for the
 # worker's address and the body actually sent; Expect is answered by us (100-continue) before
 # the body is read; X-Model-Version on a request is a routing instruction to us.
@@ -244,23 +235,25 @@ def mlflow_error(status: int, error_code: str, message: str, **headers: str) -> 
     return Answer(status, (*headers.items(), ("Content-Type", "application/json")), body)
 
 
+_RETRY = {"Retry-After": RETRY_AFTER_SECONDS}  # on answers that say "try again soon"
+
+
 def not_ready(message: str = "No model version is ready to serve yet.") -> Answer:
+    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", message, **_RETRY)
+
+
+def shutting_down() -> Answer:
+    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **_RETRY)
+
+
+def upstream_failed(reason: str) -> Answer:
     return mlflow_error(
-        503, "TEMPORARILY_UNAVAILABLE", message, **{"Retry-After": RETRY_AFTER_SECONDS}
+        502, "TEMPORARILY_UNAVAILABLE", f"The model server failed: {reason}", **_RETRY
     )
 
 
 def upstream_timeout() -> Answer:
     return mlflow_error(504, "DEADLINE_EXCEEDED", "The model server did not answer in time.")
-
-
-def upstream_failed(reason: str) -> Answer:
-    return mlflow_error(
-        502,
-        "TEMPORARILY_UNAVAILABLE",
-        f"The model server failed: {reason}",
-        **{"Retry-After": RETRY_AFTER_SECONDS},
-    )
 
 
 def body_too_large(limit: int) -> Answer:
@@ -275,12 +268,6 @@ def body_timeout() -> Answer:
 
 def bad_target(target: str) -> Answer:
     return mlflow_error(400, "BAD_REQUEST", f"Unsupported request target {target[:200]!r}.")
-
-
-def shutting_down() -> Answer:
-    return mlflow_error(
-        503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **{"Retry-After": RETRY_AFTER_SECONDS}
-    )
 
 
 def version_not_served(asked: str, serving: str | None) -> Answer:
