@@ -318,7 +318,7 @@ def start_model_server(
 ) -> subprocess.Popen[bytes]:
     """A plain `mlflow models serve`, with the command and environment our sidecar gives its
     workers, in a process group of its own (kill_group stops its uvicorn with it)."""
-    from mlflow_bluegreen.worker.process.child import WorkerSpec
+    from mlflow_bluegreen.worker.spec import WorkerSpec
 
     spec = WorkerSpec(base_env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri})
     return subprocess.Popen(

@@ -40,7 +40,7 @@ SETTLE = 3.0  # seconds either side of a boot that count neither as quiet nor as
 
 def boot_neighbour(model_uri: str, registry_uri: str, timeout: float) -> None:
     """Start a `mlflow models serve` of our own, wait for its first /ping 200, kill it."""
-    from mlflow_bluegreen.worker.process.child import free_port
+    from mlflow_bluegreen.worker.spec import free_port
 
     port = free_port()
     process = start_model_server(model_uri, port, registry_uri)

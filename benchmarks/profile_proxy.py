@@ -38,7 +38,7 @@ from common import (
 from proxy_overhead import Layout, Standalone, check
 
 from mlflow_bluegreen.proxy.loadgen import IRIS_PAYLOAD
-from mlflow_bluegreen.worker.process.child import free_port
+from mlflow_bluegreen.worker.spec import free_port
 
 _LINE = re.compile(r":\d+\)$")
 

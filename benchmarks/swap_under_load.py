@@ -114,7 +114,7 @@ def run_ours(args: argparse.Namespace, registry_uri: str, versions_: list[str]) 
 def run_restart(
     args: argparse.Namespace, registry_uri: str, versions_: list[str]
 ) -> dict[str, Any]:
-    from mlflow_bluegreen.worker.process.child import free_port
+    from mlflow_bluegreen.worker.spec import free_port
     from mlflow_bluegreen.worker.sandbox import set_alias
 
     port = free_port()

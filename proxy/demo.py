@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ..worker.process.child import free_port
+from ..worker.spec import free_port
 
 
 class SidecarProcess:

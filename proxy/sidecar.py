@@ -14,16 +14,19 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..worker.control.supervisor import Supervisor
+from ..worker.control import NoObserver, Observers, Supervisor, Worker
 from ..worker.model.stash import ModelStash
 from ..worker.model.uri import ModelRef, parse_model_uri
-from ..worker.process.child import WorkerProcess, WorkerSpec, become_subreaper
+from ..worker.model_worker import ModelWorker
+from ..worker.process.lifeline import become_subreaper
+from ..worker.spec import WorkerSpec
 from ..worker.tracking.registry import FixedResolver, RegistryResolver, Resolver
 from ..worker.tracking.watcher import Watcher
 from .admin.app import build_admin_app
 from .admin.metrics import Metrics, WorkerCollector
 from .config import Config
 from .relay.forward import Forwarder
+from .relay.pools import Pools
 from .relay.port import PublicPort
 
 log = logging.getLogger(__name__)
@@ -47,9 +50,7 @@ class Sidecar:
         self.stash = ModelStash()  # a dead worker's model copy, for its restart
         stash = self.stash
         self.supervisor = Supervisor(
-            lambda slot, version: WorkerProcess(
-                slot, version, ref.launch_uri(version), spec, stash
-            ),
+            lambda slot, version: ModelWorker(slot, version, ref.launch_uri(version), spec, stash),
             startup_timeout=config.startup_timeout,
             drain_timeout=config.drain_timeout,
             linger=config.linger,
@@ -92,6 +93,14 @@ class Sidecar:
             await asyncio.to_thread(shutil.rmtree, copy.directory, True)
 
 
+class _ClosesPools(NoObserver):
+    def __init__(self, pools: Pools) -> None:
+        self._pools = pools
+
+    def worker_stopped(self, worker: Worker) -> None:
+        self._pools.worker_stopped(worker)
+
+
 def _cannot_listen(host: str, port: int, what: str, error: OSError) -> SystemExit:
     return SystemExit(f"mlflow-bluegreen: cannot listen on {host}:{port} ({what}): {error}")
 
@@ -123,6 +132,8 @@ async def serve(config: Config) -> int:
     public = PublicPort(
         forwarder, access_log=config.access_log, keepalive_timeout=config.keepalive_timeout
     )
+    # The relay's pools to a worker close when the supervisor says it has stopped.
+    sidecar.supervisor.observer = Observers([sidecar.metrics, _ClosesPools(forwarder.pools)])
     try:
         await public.start(config.host, config.port)
     except OSError as error:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .process.child import free_port
+from .spec import free_port
 
 
 class EmbeddedRegistry:

@@ -118,6 +118,9 @@ class Metrics:
     def worker_up(self, slot: str, up: bool) -> None:
         self.workers_up.labels(slot).set(1 if up else 0)
 
+    def worker_stopped(self, worker: Worker) -> None:
+        pass  # its figures go with it: WorkerCollector reads only running workers
+
     def registry_error(self, error: RegistryError) -> None:
         self.registry_errors.labels(error.kind).inc()
 

@@ -23,8 +23,8 @@ import pytest
 
 from mlflow_bluegreen.proxy.demo import SidecarProcess
 from mlflow_bluegreen.proxy.loadgen import IRIS_PAYLOAD, LoadResult, closed_loop
-from mlflow_bluegreen.worker.process.child import WorkerSpec
 from mlflow_bluegreen.worker.sandbox import iris_frame, register_iris_version, set_alias
+from mlflow_bluegreen.worker.spec import WorkerSpec
 
 from .conftest import Registry
 

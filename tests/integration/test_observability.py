@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from mlflow_bluegreen.proxy.demo import SidecarProcess
-from mlflow_bluegreen.worker.process.child import free_port
 from mlflow_bluegreen.worker.sandbox import iris_frame, register_iris_version, set_alias
+from mlflow_bluegreen.worker.spec import free_port
 
 from .conftest import Registry
 

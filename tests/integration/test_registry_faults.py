@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlflow_bluegreen.proxy.demo import SidecarProcess
 from mlflow_bluegreen.proxy.loadgen import LoadResult, closed_loop
-from mlflow_bluegreen.worker.process.child import free_port
 from mlflow_bluegreen.worker.sandbox import EmbeddedRegistry, register_iris_version, set_alias
+from mlflow_bluegreen.worker.spec import free_port
 
 from .conftest import Registry
 

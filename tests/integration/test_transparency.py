@@ -12,7 +12,7 @@ import pytest
 
 from mlflow_bluegreen.proxy.demo import SidecarProcess
 from mlflow_bluegreen.proxy.loadgen import IRIS_COLUMNS
-from mlflow_bluegreen.worker.process.child import WorkerSpec, free_port
+from mlflow_bluegreen.worker.spec import WorkerSpec, free_port
 
 from .conftest import Registry
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_bluegreen.worker.process.child import dying_with_us
+from mlflow_bluegreen.worker.process.lifeline import dying_with_us
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 
@@ -54,7 +54,7 @@ def _orphan_after_parent_killed(guarded: bool) -> tuple[int, bool]:
     spawn = "dying_with_us(SLEEPER)" if guarded else "SLEEPER"
     parent_code = (
         "import subprocess, sys, time\n"
-        "from mlflow_bluegreen.worker.process.child import dying_with_us\n"
+        "from mlflow_bluegreen.worker.process.lifeline import dying_with_us\n"
         f"SLEEPER = {SLEEPER!r}\n"
         f"child = subprocess.Popen({spawn})\n"
         "print(child.pid, flush=True)\n"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_bluegreen.worker.model import prepare
 from mlflow_bluegreen.worker.model.stash import LocalCopy, ModelStash
-from mlflow_bluegreen.worker.process import child as process
-from mlflow_bluegreen.worker.process.child import WorkerProcess, WorkerSpec
+from mlflow_bluegreen.worker.model_worker import ModelWorker
+from mlflow_bluegreen.worker.spec import WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         (model / "MLmodel").write_text("artifact_path: model\nflavors: {}\n")
         return str(model)
 
-    monkeypatch.setattr(process, "download_model", download)
+    monkeypatch.setattr(prepare, "download_model", download)
     return seen
 
 
@@ -43,11 +44,11 @@ def exists(*parts: str) -> bool:
     return Path(*parts).exists()
 
 
-def worker(version: str, stash: ModelStash) -> WorkerProcess:
-    return WorkerProcess("blue", version, f"models:/iris/{version}", SleeperSpec(), stash)
+def worker(version: str, stash: ModelStash) -> ModelWorker:
+    return ModelWorker("blue", version, f"models:/iris/{version}", SleeperSpec(), stash)
 
 
-async def crash(running: WorkerProcess) -> None:
+async def crash(running: ModelWorker) -> None:
     assert running.pid is not None
     os.killpg(running.pid, signal.SIGKILL)
     await running.wait_exit()

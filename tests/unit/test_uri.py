@@ -60,7 +60,7 @@ def test_malformed_models_uris_say_what_is_expected(uri: str) -> None:
 
 
 def test_first_exception_line_is_the_root_cause_not_mlflows_wrapper() -> None:
-    from mlflow_bluegreen.worker.process.child import first_exception
+    from mlflow_bluegreen.worker.process.output import first_exception
 
     output = [
         "Traceback (most recent call last):",

@@ -11,15 +11,24 @@ from .inflight import InFlight
 
 
 class Worker(Protocol):
-    slot: str
-    version: str
-    in_flight: InFlight
-    pid: int | None
-    port: int | None
-    base_url: str
-    """Where it serves, once started: `http://host:port`."""
-    timings: dict[str, float]
-    """Seconds of each step `start` took before launching the server (download, prepare_env)."""
+    @property
+    def slot(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def in_flight(self) -> InFlight: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def base_url(self) -> str:
+        """Where it serves, once started: `http://host:port`."""
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds of each step `start` took before launching the server (download,
+        prepare_env)."""
 
     async def start(self) -> None: ...
     async def wait_ready(self, timeout: float) -> None: ...

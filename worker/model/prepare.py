@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 from urllib.parse import urlparse
 
+from ..process.lifeline import dying_with_us
 from ..process.output import LINE_LIMIT, relay_lines
+from ..threads import in_daemon_thread
+from .stash import LocalCopy, ModelStash
+
+log = logging.getLogger("mlflow_bluegreen.worker")
+
+StepName = Literal["download", "prepare_env"]
 
 # Local paths are served in place: nothing to fetch.
 _LOCAL_SCHEMES = frozenset({"", "file"})
@@ -103,3 +115,112 @@ class Step:
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._process.pid, signal.SIGKILL)
+
+
+class Preparation:
+    """One version's model made ready to serve, before its server starts: a local copy
+    (downloaded, or the copy a dead worker of the same version left in the stash) and, with a
+    non-local env manager, its environment. Each step is timed in `timings`; `fail(step,
+    reason)` makes the exception a failed step raises."""
+
+    def __init__(
+        self,
+        version: str,
+        model_uri: str,
+        *,
+        env_manager: str,
+        environment: Mapping[str, str],
+        stash: ModelStash | None,
+        on_line: Callable[[str], None],
+        fail: Callable[[StepName, str], Exception],
+        log_extra: Mapping[str, str],
+    ) -> None:
+        self.version = version
+        self.model_uri = model_uri
+        self.launch_uri = model_uri  # what the server is started on
+        self.model_dir: str | None = None  # the local copy, when one was made for us
+        self.timings: dict[str, float] = {}
+        self._env_manager = env_manager
+        self._environment = dict(environment)
+        self._stash = stash
+        self._on_line = on_line
+        self._fail = fail
+        self._log_extra = dict(log_extra)
+        self._step: Step | None = None
+        self._deadline = 0.0
+        self._displaced: LocalCopy | None = None  # a copy our own pushed out of the stash
+
+    async def run(self, timeout: float, fetch: bool = True) -> None:
+        """All of it within `timeout` seconds. `fetch`: download a remote model first."""
+        self._deadline = time.monotonic() + timeout
+        if fetch and is_remote(self.model_uri):
+            kept = self._stash.take(self.version) if self._stash is not None else None
+            if kept is not None:
+                log.info(
+                    "serving the copy of the worker that exited: %s",
+                    kept.launch_uri,
+                    extra=self._log_extra,
+                )
+                self.model_dir, self.launch_uri = kept.directory, kept.launch_uri
+            else:
+                self.model_dir = tempfile.mkdtemp(prefix=f"mlflow-bluegreen-v{self.version}-")
+                self.launch_uri = await self._download(self.model_dir)
+        if self._env_manager != "local":
+            await self._run_step(
+                "prepare_env", prepare_env_command(self.launch_uri, self._env_manager)
+            )
+
+    def kill(self) -> None:
+        """End a step under way (a stop while preparing)."""
+        if self._step is not None:
+            self._step.kill()
+
+    def keep_for_restart(self) -> None:
+        """The worker exited by itself: its copy goes to the stash at once, before whoever
+        watches for the exit starts a replacement that looks for it there."""
+        if self.model_dir is None or self._stash is None:
+            return
+        copy = LocalCopy(self.version, self.model_dir, self.launch_uri)
+        self.model_dir = None
+        self._displaced = self._stash.keep(copy)
+
+    async def discard(self) -> None:
+        """Remove our own copy, unless it went to the stash; or the one that went out of the
+        stash for it."""
+        displaced = self._displaced.directory if self._displaced is not None else None
+        for directory in (self.model_dir, displaced):
+            if directory is not None:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+        self.model_dir = self._displaced = None
+
+    async def _download(self, destination: str) -> str:
+        """The pinned version's artifacts into `destination`; where they landed. In a thread of
+        ours rather than a child process: mlflow is imported here already, and a child would
+        spend seconds importing it again on every swap."""
+        log.info("download: %s", self.model_uri, extra=self._log_extra)
+        began = time.monotonic()
+        remaining = max(self._deadline - began, 1.0)
+        try:
+            async with asyncio.timeout(remaining):
+                local = await in_daemon_thread(
+                    lambda: download_model(self.model_uri, destination), f"download-v{self.version}"
+                )
+        except TimeoutError as error:
+            raise self._fail("download", f"took more than {remaining:g} s") from error
+        except Exception as error:  # any failure rejects this version, with its reason
+            raise self._fail("download", f"{type(error).__name__}: {error}") from error
+        self.timings["download"] = round(time.monotonic() - began, 3)
+        return local
+
+    async def _run_step(self, name: StepName, command: list[str]) -> list[str]:
+        log.info("%s: %s", name, " ".join(command), extra=self._log_extra)
+        began = time.monotonic()
+        self._step = Step(dying_with_us(command), self._environment, self._on_line)
+        try:
+            output = await self._step.run(max(self._deadline - time.monotonic(), 1.0))
+        except StepFailed as error:
+            raise self._fail(name, str(error)) from error
+        finally:
+            self._step = None
+        self.timings[name] = round(time.monotonic() - began, 3)
+        return output

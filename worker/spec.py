@@ -1,0 +1,64 @@
+"""How every worker is launched: the scoring server's command line and environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# The proxy's pools drop idle connections well before this (proxy/relay/pools.py), so the
+# proxy, never the worker, closes an idle connection. Otherwise a request can be written onto
+# a connection the worker closed a moment before, and aiohttp never retries a POST.
+WORKER_KEEPALIVE = 75
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """The same for all versions."""
+
+    env_manager: str = "local"
+    workers: int = 1
+    timeout: int = 60
+    host: str = "127.0.0.1"
+    base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    access_log: bool = False
+    # Download the model and build its environment before `mlflow models serve` (see prepare).
+    prefetch: bool = True
+    prefetch_timeout: float = 600.0
+
+    def command(self, model_uri: str, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "models", "serve",
+            "--model-uri", model_uri,
+            "--host", self.host,
+            "--port", str(port),
+            "--env-manager", self.env_manager,
+            "--workers", str(self.workers),
+            "--timeout", str(self.timeout),
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.base_env)
+        # `mlflow models serve` finds uvicorn on PATH: make it the one beside our interpreter.
+        bin_dir = os.path.dirname(sys.executable)
+        # `--env-manager uv` runs `uv venv --python=<the model's version>`, and uv skips the
+        # interpreters of virtual environments (ours above included) and, offline, cannot
+        # download one: offer the interpreter our venv was made from, last, so a model saved
+        # with our Python version builds without a pyenv shim or a system Python on PATH.
+        base_bin = os.path.join(sys.base_prefix, "bin")
+        tail = base_bin if base_bin != bin_dir and os.path.isdir(base_bin) else ""
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", ""), tail) if p)
+        env["UVICORN_TIMEOUT_KEEP_ALIVE"] = str(WORKER_KEEPALIVE)
+        env["PYTHONUNBUFFERED"] = "1"
+        # A line per request through our log costs more than the request; --access-log turns
+        # both the proxy's and the workers' access logs on.
+        env.setdefault("UVICORN_ACCESS_LOG", "true" if self.access_log else "false")
+        return env
