@@ -1,5 +1,5 @@
 """The image: hadolint finds nothing, and its ENTRYPOINT, ENV, ports and health check agree with
-our real CLI. (There is no Docker engine here: the image is linted, not built.)"""
+our real CLI. The image itself is built and run by test_container.py (`make container-test`)."""
 
 from __future__ import annotations
 
