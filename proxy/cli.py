@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
@@ -302,7 +302,7 @@ def serve(**options: Any) -> None:  # fmt: skip
     sys.exit(run_with_uvloop(run_sidecar(config)))
 
 
-def run_with_uvloop(main_coro: Any) -> int:
+def run_with_uvloop(main_coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none

@@ -100,7 +100,9 @@ class SidecarProcess:
     def wait_active(self, version: str, timeout: float = 120.0) -> None:
         def serving(status: dict[str, Any]) -> bool:
             active = status.get("active")
-            return bool(active) and active["version"] == version and not status["swap_in_progress"]
+            if not active:
+                return False
+            return bool(active["version"] == version and not status["swap_in_progress"])
 
         self.wait_until(serving, timeout, f"version {version} active")
 

@@ -148,9 +148,9 @@ async def serve(config: Config) -> int:
     # A URI the registry says does not exist will not start existing by itself: stop now, loudly.
     # A registry that does not answer may come back: keep trying and serve 503 meanwhile.
     if not await sidecar.watcher.resolve_now():
-        error = sidecar.watcher.last_error
-        if error is not None and error.permanent:
-            log.error("cannot serve %s: %s", config.model_uri, error)
+        lookup_error = sidecar.watcher.last_error
+        if lookup_error is not None and lookup_error.permanent:
+            log.error("cannot serve %s: %s", config.model_uri, lookup_error)
             await admin.cleanup()
             await public.close(0)
             return 2

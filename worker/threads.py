@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -68,31 +69,33 @@ async def in_daemon_thread(function: Callable[[], T], name: str) -> T:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():  # the awaiting coroutine was cancelled meanwhile
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
     def call() -> Report:
         current = threading.current_thread()
         current.name = name
-        result: T | None = None
-        error: BaseException | None = None
+        deliver: Callable[[], None]
         try:
-            result = function()
+            deliver = functools.partial(_deliver_result, future, function())
         except BaseException as raised:  # noqa: BLE001 - handed to the awaiting coroutine
-            error = raised
+            deliver = functools.partial(_deliver_error, future, raised)
         finally:
             current.name = IDLE_NAME
 
         def report() -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody cares
-                loop.call_soon_threadsafe(settle, result, error)
+                loop.call_soon_threadsafe(deliver)
 
         return report
 
     _POOL.submit(call)
     return await future
+
+
+def _deliver_result(future: asyncio.Future[T], result: T) -> None:
+    """Unless the awaiting coroutine was cancelled meanwhile (so for the error too)."""
+    if not future.done():
+        future.set_result(result)
+
+
+def _deliver_error(future: asyncio.Future[T], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -163,6 +163,7 @@ class RegistryResolver:
         assert ref.name is not None
         try:
             if ref.selector is Selector.ALIAS:
+                assert ref.selector_value is not None  # an alias URI names its alias
                 found = self._client.get_model_version_by_alias(ref.name, ref.selector_value)
                 # The client returns an int for `version` on some stores: compare as strings.
                 return str(found.version)
