@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,6 @@ from common import (
 )
 
 from mlflow_bluegreen.proxy.loadgen import IRIS_PAYLOAD
-from mlflow_bluegreen.worker.process.child import free_port
 
 TARGETS = {
     "e2e_rps_vs_direct": 0.95,  # ours / direct, at least
@@ -68,6 +68,12 @@ LAYOUTS = {
     "split": "worker alone on core 0; proxy and wrk share core 1",
     "none": "no pinning: the kernel schedules everything on both cores",
 }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class PublicConnection(asyncio.Protocol):
         self._stash: list[bytes] = []  # bytes that came while a request was being answered
         # The request being read, then answered; None between requests.
         self.exchange: Exchange | None = None
+        self._headers: list[tuple[bytes, bytes]] = []  # the exchange's, as they are parsed
         self._handover: rules.Handover | None = None
         self._busy = False  # the exchange is being answered
         self._idle_deadline = 0.0
@@ -113,19 +114,21 @@ class PublicConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
 
+    # What a pipelined request's callbacks add to the exchange before it is handed over is
+    # never used: the handover sends aiohttp the bytes read, not what was parsed of them.
+
     def on_message_begin(self) -> None:
         if self.exchange is not None:  # a second request in the same read: pipelining
             self._handover = rules.Handover.PIPELINED
             return
-        self.exchange = Exchange(self)
+        self.exchange = exchange = Exchange(self)
+        self._headers = exchange.headers
 
     def on_url(self, url: bytes) -> None:
-        if self._handover is None:
-            self.exchange.url += url  # type: ignore[union-attr]
+        self.exchange.url += url  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._handover is None:
-            self.exchange.headers.append((name, value))  # type: ignore[union-attr]
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._handover is not None:
@@ -151,12 +154,10 @@ class PublicConnection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
-        if self._handover is None:
-            self.exchange.body.append(body)  # type: ignore[union-attr]
+        self.exchange.body.append(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
-        if self._handover is None:
-            self.exchange.complete = True  # type: ignore[union-attr]
+        self.exchange.complete = True  # type: ignore[union-attr]
 
     # -- one request after the other -------------------------------------------------------
 

@@ -102,7 +102,8 @@ class Pools:
         return pools
 
     def raw(self, worker: Worker) -> UpstreamPool:
-        return self.for_worker(worker).raw
+        pools = self._pools.get(worker)  # as for_worker, one call less per request
+        return (pools if pools is not None else self.for_worker(worker)).raw
 
     def worker_stopped(self, worker: Worker) -> None:
         """The worker is gone: close its connections."""

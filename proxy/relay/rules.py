@@ -72,6 +72,22 @@ def connection_listed(values: Iterable[bytes]) -> frozenset[bytes]:
     )
 
 
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP) | {b"close"}
+_beyond_cache: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+
+
+def _listed_beyond_hop_by_hop(values: list[bytes]) -> frozenset[bytes]:
+    """What `Connection:` names besides what is dropped anyway: nearly always nothing
+    (`keep-alive`, `close`), and the same few values again and again, so they are remembered."""
+    key = tuple(values)
+    names = _beyond_cache.get(key)
+    if names is None:
+        names = connection_listed(values) - _HOP_BY_HOP
+        if len(_beyond_cache) < 64:
+            _beyond_cache[key] = names
+    return names
+
+
 @dataclass(slots=True)
 class RequestHead:
     """What the request header rule found: the headers to forward, and those that are ours."""
@@ -86,30 +102,35 @@ class RequestHead:
 
 def request_head(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
     """The request's headers split into what goes to the worker and what is for us."""
-    head = RequestHead([])
-    kept = head.kept
-    listed: list[bytes] = []
+    kept: Headers = []
+    listed: list[bytes] | None = None
+    length = version = None
+    expects_continue = unknown_expectation = framed_otherwise = False
     for name, value in headers:
         lowered = name.lower()
         if lowered not in _NOT_FORWARDED:
             kept.append((name, value))
+        elif lowered == b"host":
+            pass  # every request has one: the worker gets its own
         elif lowered == b"content-length":
-            head.length = int(value)  # checked by the parser
+            length = int(value)  # checked by the parser
         elif lowered == b"connection":
-            listed.append(value)
+            listed = [value] if listed is None else [*listed, value]
         elif lowered == b"x-model-version":
-            if head.version is None:
-                head.version = value
+            if version is None:
+                version = value
         elif lowered == b"expect":
             if value.strip().lower() == b"100-continue":
-                head.expects_continue = True
+                expects_continue = True
             else:
-                head.unknown_expectation = True
+                unknown_expectation = True
         elif lowered in _FRAMED_OTHERWISE:
-            head.framed_otherwise = True
-    if listed:
-        head.kept = _without(kept, connection_listed(listed))
-    return head
+            framed_otherwise = True
+    if listed is not None and (extra := _listed_beyond_hop_by_hop(listed)):
+        kept = _without(kept, extra)
+    return RequestHead(
+        kept, length, version, expects_continue, unknown_expectation, framed_otherwise
+    )
 
 
 @dataclass(slots=True)
@@ -120,20 +141,20 @@ class ResponseHead:
 
 def response_head(headers: Iterable[tuple[bytes, bytes]]) -> ResponseHead:
     """The worker's answer headers that go on to the client (our X-Model-Version is added)."""
-    head = ResponseHead([])
-    kept = head.kept
-    listed: list[bytes] = []
+    kept: Headers = []
+    listed: list[bytes] | None = None
+    length = None
     for name, value in headers:
         lowered = name.lower()
         if lowered not in _NOT_RELAYED:
             if lowered == b"content-length":
-                head.length = int(value)
+                length = int(value)
             kept.append((name, value))
         elif lowered == b"connection":
-            listed.append(value)
-    if listed:
-        head.kept = _without(kept, connection_listed(listed))
-    return head
+            listed = [value] if listed is None else [*listed, value]
+    if listed is not None and (extra := _listed_beyond_hop_by_hop(listed)):
+        kept = _without(kept, extra)
+    return ResponseHead(kept, length)
 
 
 def _without(headers: Headers, names: frozenset[bytes]) -> Headers:
@@ -489,6 +510,16 @@ def framing(length: int | None, status: int, *, http11: bool, must_close: bool) 
             chunked = True
         else:
             close = True  # an HTTP/1.0 client reads to the end
-    if close:
-        return Framing(chunked, True, b"Connection: close\r\n")
-    return Framing(chunked, False, b"" if http11 else b"Connection: keep-alive\r\n")
+    return _FRAMINGS[chunked, close, http11]
+
+
+_FRAMINGS = {  # made once: a frozen dataclass costs a microsecond to make
+    (chunked, close, http11): Framing(
+        chunked,
+        close,
+        b"Connection: close\r\n" if close else b"" if http11 else b"Connection: keep-alive\r\n",
+    )
+    for chunked in (False, True)
+    for close in (False, True)
+    for http11 in (False, True)
+}
