@@ -1,0 +1,1 @@
+"""The admin port: status, metrics, reload and rollback, registry webhooks."""
