@@ -39,11 +39,18 @@ class Stopped:
 
 
 @dataclass(frozen=True)
+class RollbackAsked:
+    """An operator asked to go back to the lingering `version` and stay there."""
+
+    version: str
+
+
+@dataclass(frozen=True)
 class Wake:
     """Something the loop decides on changed (the wanted version, a pin, a backoff)."""
 
 
-Event = Exited | Unhealthy | LingerOver | Stopped | Wake
+Event = Exited | Unhealthy | LingerOver | Stopped | RollbackAsked | Wake
 
 
 class Inbox:

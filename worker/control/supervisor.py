@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from .bring_up import bring_up
 from .canary import CanaryPolicy, Counts, judge
-from .events import Event, Exited, Inbox, LingerOver, Stopped, Unhealthy, Wake
+from .events import Event, Exited, Inbox, LingerOver, RollbackAsked, Stopped, Unhealthy, Wake
 from .failures import Failures
 from .intent import Intent
 from .observer import SwapObserver
@@ -186,8 +186,7 @@ class Supervisor:
                 "one for that long after each swap"
             )
         version = lingering.version
-        self.intent.pin(version)
-        self._inbox.post(Wake())
+        self._inbox.post(RollbackAsked(version))
         async with asyncio.timeout(timeout):
             return await self.roster.wait_for_version(version)
 
@@ -279,6 +278,8 @@ class Supervisor:
                 self.roster.end_linger(f"linger of {self.roster.linger:g} s over")
             case Stopped(worker):
                 self.roster.stopped(worker)
+            case RollbackAsked(version):
+                self.intent.pin(version)  # the loop, next, switches back to the lingering one
             case _:
                 pass  # a wake-up, or news of a worker that has moved on since
 
