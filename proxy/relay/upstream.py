@@ -1,8 +1,8 @@
 """Raw keep-alive connections to a worker, for the public port's fast path.
 
 One request at a time per connection. The worker's answer is parsed with httptools (llhttp, the
-parser uvicorn and aiohttp use) and handed, piece by piece, to a `ResponseSink`: the client's
-connection, which writes it out. Nothing is copied or re-framed here.
+parser uvicorn and aiohttp use) and handed, piece by piece, to a `ResponseSink`: the request's
+`Exchange` (exchange.py), which writes it out. Nothing is copied or re-framed here.
 """
 
 from __future__ import annotations
