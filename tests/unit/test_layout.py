@@ -56,3 +56,20 @@ def test_no_module_is_over_500_lines(path: Path) -> None:
 def test_the_worker_process_module_knows_nothing_of_models_or_http() -> None:
     names = imported(REPO / "worker" / "process" / "child.py")
     assert not {n for n in names if n.startswith(("aiohttp", "mlflow", "worker.model"))}
+
+
+def test_only_the_roster_assigns_roles() -> None:
+    """Every change of role is made in roster.py (which tells the observer), nowhere else."""
+    assigning = []
+    for path in modules("worker", "control"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for target in targets:
+                for leaf in ast.walk(target):
+                    if (
+                        isinstance(leaf, ast.Attribute)
+                        and isinstance(leaf.value, ast.Attribute)
+                        and leaf.value.attr == "roles"
+                    ):
+                        assigning.append(path.name)
+    assert set(assigning) == {"roster.py"}

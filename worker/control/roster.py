@@ -107,10 +107,17 @@ class Roster:
         """`worker`, brought up by a swap, takes the traffic."""
         self.make_active(worker)
         self.end_canary()
-        self.roles.starting = None
+        self.end_start()
         self.last_slot = worker.slot
         self.observer.worker_up(worker.slot, True)
         self._spawn_watcher(report_exit(worker, self._inbox), f"watch-{worker.slot}")
+
+    def begin_start(self, worker: Worker) -> None:
+        """A swap brings `worker` up."""
+        self.roles.starting = worker
+
+    def end_start(self) -> None:
+        self.roles.starting = None
 
     def begin_canary(self, worker: Worker, share: float) -> None:
         self.roles.canary, self.roles.canary_share = worker, share

@@ -365,7 +365,7 @@ class Supervisor:
         if lookup is not None:
             record.step_done(Step.RESOLVE, round(lookup, 3))
         worker = self._factory(slot, version)
-        self.roles.starting = worker
+        roster.begin_start(worker)
         try:
             guard = None if vetted or self.allow_signature_change else roster.served_schema
             roster.inputs[worker] = await self._until(
@@ -374,11 +374,11 @@ class Supervisor:
             if old is not None and old.alive and self.canary_policy is not None:
                 await self._run_canary(worker, old, self.canary_policy, record)
         except WorkerFailed as failure:
-            self.roles.starting = None
+            roster.end_start()
             await self._reject(worker, record, failure)
             return
         except BaseException:
-            self.roles.starting = None
+            roster.end_start()
             roster.end_canary()
             with contextlib.suppress(Exception):
                 await roster.stopper.stopped(worker)
