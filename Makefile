@@ -69,3 +69,12 @@ container-test: $(STAMP)
 	@sh tests/deploy/container/prepare.sh; rc=$$?; \
 	if [ $$rc -eq 77 ]; then exit 0; elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	MLFLOW_BLUEGREEN_CONTAINER_TEST=1 $(PY) -m pytest -ra tests/deploy/test_container.py
+
+# The ADSP project as an archive to upload, laid out like `anaconda-project archive`, with a
+# wheel built here inside it (mlflow-bluegreen is not on PyPI); then installs its env spec into
+# a fresh venv and runs its command from there (tests/deploy/test_adsp_bundle.py, ~2 min).
+ADSP_BUNDLE ?= dist/mlflow-bluegreen-adsp.tar.gz
+.PHONY: adsp-bundle
+adsp-bundle: $(STAMP)
+	$(PY) deploy/adsp/bundle.py --output $(ADSP_BUNDLE)
+	MLFLOW_BLUEGREEN_ADSP_BUNDLE=$(abspath $(ADSP_BUNDLE)) $(PY) -m pytest -ra tests/deploy/test_adsp_bundle.py
