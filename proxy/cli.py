@@ -14,6 +14,7 @@ import click
 from ..worker.model.uri import BadModelUri, parse_model_uri
 from ..worker.tracking.registry import CLIENT_ENV_DEFAULTS
 from .config import Config
+from .operator import reload, resume, rollback, status
 
 ENV_PREFIX = "MLFLOW_BLUEGREEN_"
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
@@ -331,6 +332,11 @@ def demo(duration: float, concurrency: int) -> None:  # fmt: skip
     from .demo import run_demo
 
     sys.exit(run_demo(duration, concurrency))
+
+
+# Clients of a running sidecar's admin port (proxy/operator.py).
+for _command in (status, reload, rollback, resume):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":
