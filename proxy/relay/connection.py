@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from . import errors, rules
+from . import answers, errors, rules
 from .exchange import Exchange
 from .handover import ClientStall, hand_over
 
@@ -195,9 +195,9 @@ class PublicConnection(asyncio.Protocol):
 
     def must_close(self, exchange: Exchange) -> bool:
         """The connection ends with this answer: the client asked, or we are shutting down."""
-        return not exchange.keep_alive or self.forwarder.closing or self.closing
+        return rules.closes_connection(exchange.keep_alive, self.forwarder.closing or self.closing)
 
-    def write_answer(self, answer: rules.Answer, exchange: Exchange) -> None:
+    def write_answer(self, answer: answers.Answer, exchange: Exchange) -> None:
         """An answer of the sidecar's own, written as aiohttp writes it."""
         close = self.must_close(exchange)
         if close:
@@ -230,7 +230,7 @@ class PublicConnection(asyncio.Protocol):
             return
         exchange.keep_alive = False
         exchange.status = 408
-        self.write_answer(rules.body_timeout(), exchange)
+        self.write_answer(answers.body_timeout(), exchange)
         self.forwarder.observe(exchange.method.decode("ascii"), 408, 0.0)
         assert self.transport is not None
         self.transport.close()

@@ -1,4 +1,4 @@
-"""The sidecar's own answers (rules.Answer) written out: as aiohttp responses, or as the bytes
+"""The sidecar's own answers (answers.Answer) written out: as aiohttp responses, or as the bytes
 the fast path sends. What they say is decided in rules.py."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from . import rules
+from . import answers
 
 
-def response(answer: rules.Answer) -> web.Response:
+def response(answer: answers.Answer) -> web.Response:
     """For aiohttp's side of the public port, and the admin port."""
     return web.Response(
         status=answer.status, reason=answer.reason, headers=answer.headers, body=answer.body
@@ -20,10 +20,10 @@ def response(answer: rules.Answer) -> web.Response:
 
 def mlflow_error(status: int, error_code: str, message: str, **headers: str) -> web.Response:
     """A JSON body `{"error_code": ..., "message": ...}` as the scoring server writes its own."""
-    return response(rules.mlflow_error(status, error_code, message, **headers))
+    return response(answers.mlflow_error(status, error_code, message, **headers))
 
 
-def raw(answer: rules.Answer, close: bool) -> bytes:
+def raw(answer: answers.Answer, close: bool) -> bytes:
     """For the fast path: the same status line, headers and body as aiohttp writes them."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason.encode())]
     lines.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in answer.headers)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from ...worker.control.worker import Worker
-from . import rules
+from . import answers, rules
 from .upstream import BrokenResponse, CutShort, StaleConnection, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Exchange:
     async def _route_and_send(self, worker: Worker | None) -> None:
         if worker is None:
             chosen = await self._client.forwarder.choose_worker(self._path(), self._version())
-            if isinstance(chosen, rules.Answer):
+            if isinstance(chosen, answers.Answer):
                 self._answer(chosen)
                 self._finish(failed=False)
                 return
@@ -191,7 +191,7 @@ class Exchange:
         self.worker = None
         replacement = await self._client.forwarder.replacement(self._path(), gone, self._version())
         if replacement is None:
-            self._answer(rules.upstream_failed(reason))
+            self._answer(answers.upstream_failed(reason))
             self._finish(failed=False)
             return False
         self._use(replacement)
@@ -374,7 +374,7 @@ class Exchange:
         self.out = []
         self.holding = self.chunked = self.close_after = False
 
-    def _answer(self, answer: rules.Answer) -> None:
+    def _answer(self, answer: answers.Answer) -> None:
         self.status = answer.status
         self.out = []
         self._client.write_answer(answer, self)

@@ -17,7 +17,7 @@ from multidict import CIMultiDict, istr
 from yarl import URL
 
 from ...worker.control.worker import Worker
-from . import errors, rules
+from . import answers, errors, rules
 from .pools import Pools
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Forwarder:
         try:
             response = await self._handle(request)
             status = response.status
-            if self.closing and not response.prepared:
+            if not response.prepared and rules.closes_connection(True, self.closing):
                 response.force_close()
             return response
         finally:
@@ -159,12 +159,12 @@ class Forwarder:
         try:
             data = await self._body(request, headers)
         except TimeoutError:
-            return errors.response(rules.body_timeout())
+            return errors.response(answers.body_timeout())
         except _BodyTooLarge:
-            return errors.response(rules.body_too_large(self.max_body_size))
+            return errors.response(answers.body_too_large(self.max_body_size))
         version = version_text(head)
         chosen = await self.choose_worker(request.path, version)
-        if isinstance(chosen, rules.Answer):
+        if isinstance(chosen, answers.Answer):
             return errors.response(chosen)
         worker = chosen
         while True:
@@ -174,16 +174,16 @@ class Forwarder:
                 # The request never reached a worker: hold it for the restarted one.
                 replacement = await self.replacement(request.path, worker, version)
                 if replacement is None:
-                    return errors.response(rules.upstream_failed(str(error)))
+                    return errors.response(answers.upstream_failed(str(error)))
                 worker = replacement
             except _BodyTooLarge:
-                return errors.response(rules.body_too_large(self.max_body_size))
+                return errors.response(answers.body_too_large(self.max_body_size))
 
     def serving_now(self) -> Worker | None:
         """The worker for a request that names no version, when one is ready now."""
         return rules.route(self._supervisor.roles, random.random)
 
-    async def choose_worker(self, path: str, version: str | None) -> Worker | rules.Answer:
+    async def choose_worker(self, path: str, version: str | None) -> Worker | answers.Answer:
         """The worker for a request, or the answer to give instead."""
         supervisor = self._supervisor
         chosen = rules.choose(
@@ -192,7 +192,7 @@ class Forwarder:
         if chosen is rules.HOLD:
             # The active worker restarts: hold the request for it.
             worker = await supervisor.wait_for_worker(self._queue_timeout)
-            return worker if worker is not None else rules.not_ready()
+            return worker if worker is not None else answers.not_ready()
         return chosen
 
     async def replacement(self, path: str, gone: Worker, version: str | None) -> Worker | None:
@@ -360,7 +360,7 @@ class Forwarder:
             return answer, rules.counts_against_worker(answer.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
-        if self.closing:
+        if rules.closes_connection(True, self.closing):  # aiohttp sees to the client's own
             response.force_close()
         await response.prepare(request)
         try:

@@ -3,7 +3,8 @@
 Both ways of relaying call these: the httptools fast path (connection.py, exchange.py) and
 aiohttp's server with `Forwarder` (forward.py). What a rule decides is plain data: which headers
 go on, which path a request takes, which worker it goes to, what an upstream failure becomes,
-and the sidecar's own answers (status, headers, body), which each path only writes out.
+and which of the sidecar's own answers (answers.py: status, headers, body) a request gets, which
+each path only writes out (errors.py).
 
 Headers are taken as the wire gives them, (name, value) byte pairs: the fast path parses them
 so, and aiohttp keeps them as `raw_headers`.
@@ -11,12 +12,21 @@ so, and aiohttp keeps them as `raw_headers`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from http import HTTPStatus
 from typing import Protocol, TypeVar
+
+from .answers import (
+    Answer,
+    bad_target,
+    body_too_large,
+    not_ready,
+    shutting_down,
+    upstream_failed,
+    upstream_timeout,
+    version_not_served,
+)
 
 # -- limits ---------------------------------------------------------------------------------
 
@@ -40,7 +50,6 @@ CLIENT_GONE = 499  # nginx's code for a client that went away before the answer
 NO_BODY_STATUSES = frozenset({204, 304})
 HEALTH_PATHS = frozenset({"/ping", "/health"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-RETRY_AFTER_SECONDS = "5"
 
 # -- headers --------------------------------------------------------------------------------
 
@@ -234,72 +243,6 @@ def upstream_target(raw_target: str, path_qs: str) -> str | None:
     return path_qs if path_qs.startswith("/") else None
 
 
-# -- the sidecar's own answers, as data -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An answer of the sidecar's own; errors.py and the fast path write it out."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-    @property
-    def reason(self) -> str:
-        return HTTPStatus(self.status).phrase
-
-
-def mlflow_error(status: int, error_code: str, message: str, **headers: str) -> Answer:
-    """A JSON body `{"error_code": ..., "message": ...}` as the scoring server writes its own."""
-    body = json.dumps({"error_code": error_code, "message": message}).encode()
-    return Answer(status, (*headers.items(), ("Content-Type", "application/json")), body)
-
-
-_RETRY = {"Retry-After": RETRY_AFTER_SECONDS}  # on answers that say "try again soon"
-
-
-def not_ready(message: str = "No model version is ready to serve yet.") -> Answer:
-    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", message, **_RETRY)
-
-
-def shutting_down() -> Answer:
-    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", "Shutting down.", **_RETRY)
-
-
-def upstream_failed(reason: str) -> Answer:
-    return mlflow_error(
-        502, "TEMPORARILY_UNAVAILABLE", f"The model server failed: {reason}", **_RETRY
-    )
-
-
-def upstream_timeout() -> Answer:
-    return mlflow_error(504, "DEADLINE_EXCEEDED", "The model server did not answer in time.")
-
-
-def body_too_large(limit: int) -> Answer:
-    return mlflow_error(
-        413, "RESOURCE_LIMIT_EXCEEDED", f"The request body is larger than {limit} bytes."
-    )
-
-
-def body_timeout() -> Answer:
-    return mlflow_error(408, "BAD_REQUEST", "The request body did not arrive in time.")
-
-
-def bad_target(target: str) -> Answer:
-    return mlflow_error(400, "BAD_REQUEST", f"Unsupported request target {target[:200]!r}.")
-
-
-def version_not_served(asked: str, serving: str | None) -> Answer:
-    now = f" (serving {serving} now)" if serving is not None else ""
-    return mlflow_error(
-        404,
-        "RESOURCE_DOES_NOT_EXIST",
-        f"Model version {asked!r} named by X-Model-Version is not served here{now}.",
-    )
-
-
 def refusal(
     path: str,
     raw_target: str,
@@ -480,6 +423,13 @@ def counts_against_worker(status: int) -> bool:
 
 
 # -- the answer's framing -------------------------------------------------------------------
+
+
+def closes_connection(keep_alive: bool, shutting_down: bool) -> bool:
+    """Whether the client's connection ends with this answer: the client asked (HTTP/1.0
+    without keep-alive, `Connection: close`), or the sidecar is shutting down, so that clients
+    reconnect to another replica."""
+    return shutting_down or not keep_alive
 
 
 def hold_whole(length: int | None, status: int, head_request: bool = False) -> bool:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mlflow_bluegreen.proxy.relay import errors, rules
+from mlflow_bluegreen.proxy.relay import answers, errors, rules
 from mlflow_bluegreen.proxy.relay.rules import Failure, Handover, Outcome
 
 # -- headers ---------------------------------------------------------------------------------
@@ -239,13 +239,13 @@ def test_a_pinned_request_goes_to_its_version_or_is_404() -> None:
         chosen = rules.choose(roles, f" {worker.version} ", path="/x", served=True, draw=never)
         assert chosen is worker
     missing = rules.choose(roles, "9", path="/x", served=True, draw=never)
-    assert isinstance(missing, rules.Answer) and missing.status == 404
+    assert isinstance(missing, answers.Answer) and missing.status == 404
     body = json.loads(missing.body)
     assert body["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     assert "'9'" in body["message"] and "serving 2 now" in body["message"]
     nothing = rules.choose(Roles(), "9", path="/x", served=True, draw=never)
     assert (
-        isinstance(nothing, rules.Answer) and "serving" not in json.loads(nothing.body)["message"]
+        isinstance(nothing, answers.Answer) and "serving" not in json.loads(nothing.body)["message"]
     )
 
 
@@ -253,10 +253,10 @@ def test_with_no_worker_a_request_is_held_once_one_has_served() -> None:
     roles = Roles()
     assert rules.choose(roles, None, path="/invocations", served=True, draw=never) is rules.HOLD
     starting = rules.choose(roles, None, path="/invocations", served=False, draw=never)
-    assert isinstance(starting, rules.Answer) and starting.status == 503
+    assert isinstance(starting, answers.Answer) and starting.status == 503
     for health in ("/ping", "/health"):
         answer = rules.choose(roles, None, path=health, served=True, draw=never)
-        assert isinstance(answer, rules.Answer) and answer.status == 503
+        assert isinstance(answer, answers.Answer) and answer.status == 503
 
 
 def test_a_resend_goes_to_the_replacement_unless_pinned_to_another_version() -> None:
@@ -328,7 +328,7 @@ def test_failure_answers_are_mlflow_shaped() -> None:
     assert (timeout.status, json.loads(timeout.body)["error_code"]) == (504, "DEADLINE_EXCEEDED")
     failed = rules.failure_answer(Outcome.FAIL, "it broke", 10)
     assert failed.status == 502 and "it broke" in json.loads(failed.body)["message"]
-    assert dict(failed.headers)["Retry-After"] == rules.RETRY_AFTER_SECONDS
+    assert dict(failed.headers)["Retry-After"] == answers.RETRY_AFTER_SECONDS
     too_large = rules.failure_answer(Outcome.TOO_LARGE, "x", 10)
     assert too_large.status == 413 and "10 bytes" in json.loads(too_large.body)["message"]
 
@@ -340,6 +340,12 @@ def test_only_server_errors_count_against_a_worker() -> None:
 
 
 # -- the answer's framing --------------------------------------------------------------------
+
+
+def test_a_connection_ends_when_the_client_asks_or_the_sidecar_shuts_down() -> None:
+    assert not rules.closes_connection(keep_alive=True, shutting_down=False)
+    assert rules.closes_connection(keep_alive=False, shutting_down=False)
+    assert rules.closes_connection(keep_alive=True, shutting_down=True)
 
 
 def test_small_answers_of_known_size_are_held_whole() -> None:
@@ -374,27 +380,29 @@ def test_framing_for_the_client(
 @pytest.mark.parametrize(
     ("answer", "status", "code"),
     [
-        (rules.not_ready(), 503, "TEMPORARILY_UNAVAILABLE"),
-        (rules.shutting_down(), 503, "TEMPORARILY_UNAVAILABLE"),
-        (rules.upstream_timeout(), 504, "DEADLINE_EXCEEDED"),
-        (rules.upstream_failed("x"), 502, "TEMPORARILY_UNAVAILABLE"),
-        (rules.body_too_large(5), 413, "RESOURCE_LIMIT_EXCEEDED"),
-        (rules.body_timeout(), 408, "BAD_REQUEST"),
-        (rules.bad_target("*"), 400, "BAD_REQUEST"),
-        (rules.version_not_served("9", "1"), 404, "RESOURCE_DOES_NOT_EXIST"),
+        (answers.not_ready(), 503, "TEMPORARILY_UNAVAILABLE"),
+        (answers.shutting_down(), 503, "TEMPORARILY_UNAVAILABLE"),
+        (answers.upstream_timeout(), 504, "DEADLINE_EXCEEDED"),
+        (answers.upstream_failed("x"), 502, "TEMPORARILY_UNAVAILABLE"),
+        (answers.body_too_large(5), 413, "RESOURCE_LIMIT_EXCEEDED"),
+        (answers.body_timeout(), 408, "BAD_REQUEST"),
+        (answers.bad_target("*"), 400, "BAD_REQUEST"),
+        (answers.version_not_served("9", "1"), 404, "RESOURCE_DOES_NOT_EXIST"),
     ],
 )
-def test_own_answers_are_data_in_mlflow_shape(answer: rules.Answer, status: int, code: str) -> None:
+def test_own_answers_are_data_in_mlflow_shape(
+    answer: answers.Answer, status: int, code: str
+) -> None:
     assert answer.status == status
     assert dict(answer.headers)["Content-Type"] == "application/json"
     body = json.loads(answer.body)
     assert body["error_code"] == code and body["message"]
     if status in (502, 503):
-        assert dict(answer.headers)["Retry-After"] == rules.RETRY_AFTER_SECONDS
+        assert dict(answer.headers)["Retry-After"] == answers.RETRY_AFTER_SECONDS
 
 
 def test_both_renderings_of_an_answer_say_the_same() -> None:
-    answer = rules.not_ready()
+    answer = answers.not_ready()
     response = errors.response(answer)
     assert (response.status, response.reason, response.body) == (503, answer.reason, answer.body)
     assert response.headers["Retry-After"] == "5"
