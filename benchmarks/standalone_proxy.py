@@ -66,7 +66,7 @@ class FixedRouting:
         return self.roles.active.in_flight.count
 
 
-async def run(upstream: str, host: str, port: int, version: str, timeout: float) -> int:
+async def run(upstream: str, host: str, port: int, version: str, timeout: float = 60.0) -> int:
     routing = FixedRouting(FixedUpstream(upstream, version))
     metrics = Metrics(CollectorRegistry(), in_flight=routing.in_flight)
     forwarder = Forwarder(routing, metrics.observe_request, read_timeout=timeout)  # type: ignore[arg-type]
