@@ -96,19 +96,19 @@ class Exchange:
         self.chunked = False
         self.close_after = False
 
+    @property
+    def state(self) -> str:
+        """Where it is, for logs and debugging (as mitmproxy names a stream's state)."""
+        if self.head_sent:
+            return "answering"
+        if self.upstream is not None:
+            return "at the worker"
+        if self._task is not None:
+            return "waiting"
+        return "dispatched" if self.started else "complete" if self.complete else "reading"
+
     def __repr__(self) -> str:
-        state = (
-            "answered"
-            if self.head_sent
-            else "upstream"
-            if self.upstream is not None
-            else "waiting"
-            if self._task is not None
-            else "complete"
-            if self.complete
-            else "reading"
-        )
-        return f"<Exchange {self.method.decode()} {self.url[:60]!r} {state} {self.status}>"
+        return f"<Exchange {self.method.decode()} {self.url[:60]!r} {self.state} {self.status}>"
 
     def head_size(self) -> int:
         """The request head's size, near enough: it came in the same read as a body."""
