@@ -114,8 +114,8 @@ def run_ours(args: argparse.Namespace, registry_uri: str, versions_: list[str]) 
 def run_restart(
     args: argparse.Namespace, registry_uri: str, versions_: list[str]
 ) -> dict[str, Any]:
-    from mlflow_bluegreen.worker.spec import free_port
     from mlflow_bluegreen.worker.sandbox import set_alias
+    from mlflow_bluegreen.worker.spec import free_port
 
     port = free_port()
     log_path = out_path("swap_under_load-restart", ".log")

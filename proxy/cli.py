@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..worker.control import SwapPolicy
 from ..worker.model.uri import BadModelUri, parse_model_uri
 from ..worker.tracking.registry import CLIENT_ENV_DEFAULTS
 from .config import Config
@@ -27,6 +28,24 @@ def _env(name: str) -> str:
 def option(*decls: str, env: str, **kwargs: Any) -> Callable[[Any], Any]:
     """A click option mirrored by MLFLOW_BLUEGREEN_<env>, shown in --help."""
     return click.option(*decls, envvar=_env(env), show_envvar=True, show_default=True, **kwargs)
+
+
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def _parse_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    """A size: bytes, or a number with a decimal (K, M, G) or binary (Ki, Mi, Gi) suffix."""
+    if value is None:
+        return None
+    text = value.strip().lower().removesuffix("b")
+    number = text.rstrip("kmgi")
+    try:
+        size = float(number) * _SIZE_UNITS[text[len(number) :]]
+    except (KeyError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a size (bytes, or e.g. 512Mi, 2G)") from None
+    if size <= 0:
+        raise click.BadParameter(f"{value!r} is not a positive size")
+    return int(size)
 
 
 def _check_model_uri(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -227,6 +246,25 @@ def main() -> None:
     default=False,
     help="Let a version whose input signature would break current callers (a removed, "
     "retyped or new required input) take traffic. Off: such a swap is blocked.",
+)
+@option(
+    "--swap-policy",
+    env="swap_policy",
+    default="availability",
+    type=click.Choice([p.value for p in SwapPolicy]),
+    help="availability: a new version starts beside the old one (two models in memory for a "
+    "moment, no wait). memory: the old one drains and stops first; requests meanwhile wait "
+    "(up to --queue-timeout) and are answered by the new version. auto: memory when what is "
+    "left under the memory limit would not hold 1.3x the active worker's RSS.",
+)
+@option(
+    "--memory-limit",
+    env="memory_limit",
+    default=None,
+    callback=_parse_size,
+    metavar="SIZE",
+    help="The sidecar's memory limit for --swap-policy auto, in bytes or with a suffix "
+    "(512Mi, 2G). Default: its cgroup's memory.max.",
 )
 @option(
     "--canary-percent",

@@ -33,6 +33,8 @@ class Config:
     canary_percent: float = 0.0
     canary_seconds: float = 60.0
     canary_max_error_increase: float = 0.01
+    swap_policy: str = "availability"
+    memory_limit: int | None = None  # bytes; None: the cgroup's memory.max
     # Secrets stay out of repr, so a logged config is safe.
     admin_token: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)

@@ -14,11 +14,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..worker.control import NoObserver, Observers, Supervisor, Worker
+from ..worker.control import NoObserver, Observers, Supervisor, SwapPolicy, Worker
 from ..worker.model.stash import ModelStash
 from ..worker.model.uri import ModelRef, parse_model_uri
 from ..worker.model_worker import ModelWorker
 from ..worker.process.lifeline import become_subreaper
+from ..worker.process.memory import group_rss_bytes, memory_headroom
 from ..worker.spec import WorkerSpec
 from ..worker.tracking.registry import FixedResolver, RegistryResolver, Resolver
 from ..worker.tracking.watcher import Watcher
@@ -57,6 +58,8 @@ class Sidecar:
             crash_window=config.crash_window,
             canary=config.canary_policy(),
             allow_signature_change=config.allow_signature_change,
+            swap_policy=SwapPolicy(config.swap_policy),
+            memory_headroom=lambda: memory_headroom(config.memory_limit, self._memory_in_use),
         )
         self.metrics = Metrics(CollectorRegistry(), in_flight=self.supervisor.in_flight)
         self.metrics.registry.register(WorkerCollector(self.supervisor.workers))
@@ -73,6 +76,11 @@ class Sidecar:
             on_error=self.metrics.registry_error,
         )
         self.started_at = time.time()
+
+    def _memory_in_use(self) -> int:
+        """The sidecar's own resident memory and its workers'."""
+        own = group_rss_bytes(os.getpgid(0))
+        return own + sum(worker.rss_bytes() for _role, worker in self.supervisor.workers())
 
     def status(self) -> dict[str, Any]:
         return {

@@ -267,6 +267,7 @@ def test_the_sidecar_starts_with_the_container_environment(
     rollout = values["rollout"]
     assert config.linger == pytest.approx(rollout["linger"])
     assert config.allow_signature_change is rollout["allowSignatureChange"]
+    assert config.swap_policy == rollout["swapPolicy"]
     assert config.canary_percent == pytest.approx(rollout["canary"]["percent"])
     assert config.canary_seconds == pytest.approx(rollout["canary"]["seconds"])
     assert config.canary_max_error_increase == pytest.approx(rollout["canary"]["maxErrorIncrease"])
@@ -563,6 +564,7 @@ def test_no_deploy_file_says_the_sidecar_lacks_a_feature() -> None:
         {"admin": {"token": {"existingSecretKey": ""}}},
         {"rollout": {"canary": {"percent": 100}}},
         {"rollout": {"linger": -5}},
+        {"rollout": {"swapPolicy": "fastest"}},
     ],
     ids=json.dumps,
 )

@@ -111,3 +111,27 @@ def test_adsp_http_options_map_address_and_port_and_ignore_the_rest() -> None:
     apply_adsp_http_options(params)
     assert (params["host"], params["port"]) == ("0.0.0.0", 8086)
     assert not any(k.startswith("anaconda_project") for k in params)
+
+
+def test_swap_policy_and_memory_limit_parse_and_read_their_env_vars(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = parse(["-m", "models:/iris@champion"])
+    assert (defaults["swap_policy"], defaults["memory_limit"]) == ("availability", None)
+    sizes = {"2147483648": 2**31, "512Mi": 512 * 2**20, "2G": 2 * 10**9, "1.5gib": 3 * 2**29}
+    for text, size in sizes.items():
+        assert parse(["-m", "models:/iris/1", "--memory-limit", text])["memory_limit"] == size
+    monkeypatch.setenv("MLFLOW_BLUEGREEN_SWAP_POLICY", "auto")
+    monkeypatch.setenv("MLFLOW_BLUEGREEN_MEMORY_LIMIT", "1Gi")
+    params = parse(["-m", "models:/iris/1"])
+    assert (params["swap_policy"], params["memory_limit"]) == ("auto", 2**30)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--swap-policy", "fastest"], ["--memory-limit", "lots"], ["--memory-limit", "0"]],
+)
+def test_bad_swap_policy_or_memory_limit_is_a_usage_error(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["serve", "-m", "models:/iris/1", *args])
+    assert result.exit_code == 2
+    assert args[0] in result.output

@@ -7,6 +7,7 @@ proxy's own pools."""
 from .canary import CanaryPolicy
 from .inflight import InFlight
 from .observer import NoObserver, Observers, SwapObserver
+from .policy import SwapPolicy
 from .record import Result, Step, SwapRecord, WorkerFailed
 from .roles import SLOTS, Role, Roles
 from .supervisor import NoRollback, Supervisor
@@ -25,6 +26,7 @@ __all__ = [
     "Step",
     "Supervisor",
     "SwapObserver",
+    "SwapPolicy",
     "SwapRecord",
     "Worker",
     "WorkerFactory",

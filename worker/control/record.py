@@ -64,6 +64,7 @@ class SwapRecord:
     seconds: float | None = None
     drained: bool | None = None
     canary: dict[str, Any] | None = None
+    policy: dict[str, str] | None = None  # how room was made for the new version, and why
     began: float = field(default_factory=time.monotonic, repr=False)
 
     def step_done(self, step: Step, seconds: float) -> None:

@@ -209,6 +209,11 @@ class Roster:
         stops = [task for w, task in self._retirements.items() if w.slot == slot]
         return asyncio.wait(stops) if stops else asyncio.sleep(0)
 
+    def all_stopped(self) -> Awaitable[Any]:
+        """Until every retiring worker is stopped."""
+        stops = list(self._retirements.values())
+        return asyncio.wait(stops) if stops else asyncio.sleep(0)
+
     async def close(self) -> None:
         """Stop every worker, whatever its role. Call after the loop is cancelled."""
         for task in (*self._watchers, *self._retirements.values()):

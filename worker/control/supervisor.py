@@ -31,18 +31,20 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .bring_up import bring_up
-from .canary import CanaryPolicy, Counts, judge
+from .canary import CanaryPolicy
 from .events import Event, Exited, Inbox, LingerOver, RollbackAsked, Stopped, Unhealthy, Wake
 from .failures import Failures
 from .intent import Intent
 from .observer import SwapObserver
+from .policy import SwapPolicy, choose
 from .record import Result, Step, SwapRecord, WorkerFailed, log_rejected, log_succeeded
 from .roster import Roster
 from .targets import idle_slot, next_target, retry_delay
+from .trial import run_canary
 from .watchers import Stopper
 from .worker import Worker, WorkerFactory
 
@@ -75,12 +77,16 @@ class Supervisor:
         health_interval: float = 1.0,
         health_failures: int = 3,
         crash_window: float = 60.0,
+        swap_policy: SwapPolicy = SwapPolicy.AVAILABILITY,
+        memory_headroom: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._factory = factory
         self.startup_timeout = startup_timeout
         self.drain_timeout = drain_timeout
         self.canary_policy = canary
         self.allow_signature_change = allow_signature_change
+        self.swap_policy = swap_policy
+        self._memory_headroom = memory_headroom  # bytes left under the memory limit, if known
         self.intent = Intent()
         self._inbox = Inbox()
         self._failures = Failures(retry_base, retry_cap, crash_window)
@@ -364,6 +370,11 @@ class Supervisor:
         lookup = self.intent.take_lookup_seconds()
         if lookup is not None:
             record.step_done(Step.RESOLVE, round(lookup, 3))
+        if old is not None and old.alive:
+            choice = choose(self.swap_policy, self._memory_headroom(), old.rss_bytes())
+            record.policy = {"policy": str(choice.policy), "why": choice.why}
+            if choice.policy is SwapPolicy.MEMORY:
+                await self._make_room(old, record)
         worker = self._factory(slot, version)
         roster.begin_start(worker)
         try:
@@ -372,7 +383,15 @@ class Supervisor:
                 bring_up(worker, record, startup_timeout=self.startup_timeout, guard=guard)
             )
             if old is not None and old.alive and self.canary_policy is not None:
-                await self._run_canary(worker, old, self.canary_policy, record)
+                await run_canary(
+                    worker,
+                    old,
+                    self.canary_policy,
+                    record,
+                    roster=roster,
+                    until=self._until,
+                    drain_timeout=self.drain_timeout,
+                )
         except WorkerFailed as failure:
             roster.end_start()
             await self._reject(worker, record, failure)
@@ -401,55 +420,22 @@ class Supervisor:
                 record.drained = await self._until(roster.retire(old, record))
         self._succeeded(record)
 
-    async def _run_canary(
-        self, worker: Worker, old: Worker, policy: CanaryPolicy, record: SwapRecord
-    ) -> None:
-        """Let the new worker answer a share of live traffic, then judge it against `old`."""
-        record.step = Step.CANARY
-        old_before, new_before = Counts.of(old.in_flight), Counts.of(worker.in_flight)
-        step = time.monotonic()
-        self.roster.begin_canary(worker, policy.percent / 100.0)
+    async def _make_room(self, old: Worker, record: SwapRecord) -> None:
+        """The memory policy: the old worker drains and stops before the new one starts, so
+        never two models are in memory. Requests that come meanwhile are held by the proxy
+        (as while a crashed worker restarts) for the new version; should it fail, the loop
+        starts the old version again, as for any version that cannot serve."""
         log.info(
-            "canary: %g %% of traffic to %s for %g s",
-            policy.percent,
-            worker.version,
-            policy.seconds,
+            "swap %s -> %s: stopping %s first (%s)",
+            old.version,
+            record.to_version,
+            old.slot,
+            (record.policy or {}).get("why"),
         )
-        new_exit = asyncio.ensure_future(worker.wait_exit())
-        old_exit = asyncio.ensure_future(old.wait_exit())
-        try:
-            done, _pending = await self._until(
-                asyncio.wait(
-                    (new_exit, old_exit),
-                    timeout=policy.seconds,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            )
-        finally:
-            new_exit.cancel()
-            old_exit.cancel()
-            self.roster.end_canary()
-        exited = new_exit in done
-        if old_exit in done and not exited:
-            # Nothing else serves now: judge on what the canary answered so far, at once.
-            log.warning("old worker %s v%s exited during the canary", old.slot, old.version)
-        else:
-            # Requests it took before the end count too: judge once they are answered.
-            await self._until(worker.in_flight.wait_idle(self.drain_timeout))
-        record.step_done(Step.CANARY, round(time.monotonic() - step, 3))
-        verdict = judge(
-            policy,
-            Counts.of(old.in_flight).since(old_before),
-            Counts.of(worker.in_flight).since(new_before),
-            old_version=old.version,
-            new_version=worker.version,
-            new_exited=exited,
-            old_exited=old_exit in done,
-        )
-        record.canary = verdict.figures
-        log.info("canary of %s: %s", worker.version, record.canary)
-        if verdict.reason is not None:
-            raise WorkerFailed(Step.CANARY, verdict.reason)
+        record.step = Step.DRAIN
+        self.roster.make_active(None)
+        record.drained = await self._until(self.roster.retire(old, record))
+        await self._until(self.roster.all_stopped())  # a lingering one too
 
     async def _reject(self, worker: Worker, record: SwapRecord, failure: WorkerFailed) -> None:
         # A canary may be answering requests: let them finish before the worker goes.
