@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-# A new worker of the same model needs about what the old one holds, and a little more while
-# it loads (measured for the iris model: 1.1-1.2x its steady RSS at the peak of the boot).
+# A new worker of the same model needs about what the old one holds, and more for a moment
+# while it loads: a margin of 30 % over the active worker's RSS (not measured per model).
 HEADROOM_FACTOR = 1.3
 
 
