@@ -320,7 +320,7 @@ def start_model_server(
     workers, in a process group of its own (kill_group stops its uvicorn with it)."""
     from mlflow_bluegreen.worker.spec import WorkerSpec
 
-    spec = WorkerSpec(base_env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri})
+    spec = WorkerSpec(base_env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri}, direct=False)
     return subprocess.Popen(
         spec.command(model_uri, port),
         env=spec.environment(),

@@ -267,6 +267,14 @@ def main() -> None:
     "(512Mi, 2G). Default: its cgroup's memory.max.",
 )
 @option(
+    "--spare/--no-spare",
+    env="spare",
+    default=True,
+    help="Keep one pre-warmed interpreter that has imported MLflow's scoring server, made a "
+    "while after each swap at low CPU priority, so the next version's worker only loads its "
+    "model (local env manager, one uvicorn worker). Costs that interpreter's memory.",
+)
+@option(
     "--canary-percent",
     env="canary_percent",
     default=0.0,

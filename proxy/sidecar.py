@@ -14,12 +14,20 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ..worker.control import NoObserver, Observers, Supervisor, SwapPolicy, Worker
+from ..worker.control import (
+    NoObserver,
+    Observers,
+    Supervisor,
+    SwapPolicy,
+    SwapRecord,
+    Worker,
+)
 from ..worker.model.stash import ModelStash
 from ..worker.model.uri import ModelRef, parse_model_uri
 from ..worker.model_worker import ModelWorker
 from ..worker.process.lifeline import become_subreaper
 from ..worker.process.memory import group_rss_bytes, memory_headroom
+from ..worker.spare import SpareKeeper
 from ..worker.spec import WorkerSpec
 from ..worker.tracking.registry import FixedResolver, RegistryResolver, Resolver
 from ..worker.tracking.watcher import Watcher
@@ -50,8 +58,13 @@ class Sidecar:
         ref = self.ref
         self.stash = ModelStash()  # a dead worker's model copy, for its restart
         stash = self.stash
+        # A pre-warmed interpreter for the next version's worker (spare.py).
+        self.spares = SpareKeeper(spec, enabled=config.spare, preload=self._flavors_served)
+        spares = self.spares
         self.supervisor = Supervisor(
-            lambda slot, version: ModelWorker(slot, version, ref.launch_uri(version), spec, stash),
+            lambda slot, version: ModelWorker(
+                slot, version, ref.launch_uri(version), spec, stash, spares=spares
+            ),
             startup_timeout=config.startup_timeout,
             drain_timeout=config.drain_timeout,
             linger=config.linger,
@@ -78,9 +91,14 @@ class Sidecar:
         self.started_at = time.time()
 
     def _memory_in_use(self) -> int:
-        """The sidecar's own resident memory and its workers'."""
-        own = group_rss_bytes(os.getpgid(0))
+        """The sidecar's own resident memory, its workers' and its spare's."""
+        own = group_rss_bytes(os.getpgid(0)) + self.spares.rss_bytes()
         return own + sum(worker.rss_bytes() for _role, worker in self.supervisor.workers())
+
+    def _flavors_served(self) -> list[str]:
+        """What the active version's model loads with: a spare imports it beforehand."""
+        active = self.supervisor.active
+        return active.flavor_modules() if isinstance(active, ModelWorker) else []
 
     def status(self) -> dict[str, Any]:
         return {
@@ -91,14 +109,24 @@ class Sidecar:
             "ready": self.supervisor.ready,
             "registry": self.watcher.status(),
             **self.supervisor.status(),
+            "spare": self.spares.status(),
         }
 
     async def close_workers(self) -> None:
         """Stop every worker, then delete the model copy kept for a restart, if any."""
         await self.supervisor.close()
+        await self.spares.close()
         copy = self.stash.clear()
         if copy is not None:
             await asyncio.to_thread(shutil.rmtree, copy.directory, True)
+
+
+class _MakesSpares(NoObserver):
+    def __init__(self, spares: SpareKeeper) -> None:
+        self._spares = spares
+
+    def swap_finished(self, record: SwapRecord) -> None:
+        self._spares.replenish()  # after a quiet while: the swap's workers settle first
 
 
 class _ClosesPools(NoObserver):
@@ -141,7 +169,9 @@ async def serve(config: Config) -> int:
         forwarder, access_log=config.access_log, keepalive_timeout=config.keepalive_timeout
     )
     # The relay's pools to a worker close when the supervisor says it has stopped.
-    sidecar.supervisor.observer = Observers([sidecar.metrics, _ClosesPools(forwarder.pools)])
+    sidecar.supervisor.observer = Observers(
+        [sidecar.metrics, _ClosesPools(forwarder.pools), _MakesSpares(sidecar.spares)]
+    )
     try:
         await public.start(config.host, config.port)
     except OSError as error:

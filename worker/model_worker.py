@@ -6,7 +6,9 @@ HTTP probes (probe.py) and its memory (process/memory.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 from collections import deque
 from typing import Any
 
@@ -18,6 +20,7 @@ from .probe import Probe, ProbeFailed
 from .process.child import ChildProcess
 from .process.memory import group_rss_bytes
 from .process.output import first_exception
+from .spare import SpareKeeper
 from .spec import WorkerSpec, free_port
 
 log = logging.getLogger("mlflow_bluegreen.worker")
@@ -33,6 +36,8 @@ class ModelWorker:
         model_uri: str,
         spec: WorkerSpec,
         stash: ModelStash | None = None,
+        *,
+        spares: SpareKeeper | None = None,
     ) -> None:
         self.slot = slot
         self.version = version
@@ -53,6 +58,8 @@ class ModelWorker:
             fail=lambda step, reason: self._failure(Step(step), reason),
             log_extra=self._log_extra,
         )
+        self._spares = spares
+        self.launch = ""  # how its server started: spare, direct or cli
         self._process: ChildProcess | None = None
         self._probe: Probe | None = None
         self._card: asyncio.Task[ModelCard] | None = None
@@ -82,16 +89,39 @@ class ModelWorker:
         self.port = free_port(self.spec.host)
         self.base_url = f"http://{self.spec.host}:{self.port}"
         command = self.spec.command(self.launch_uri, self.port)
-        log.info("starting worker: %s", " ".join(command), extra=self._log_extra)
-        self._process = ChildProcess(
-            command,
-            self.spec.environment(),
-            self._note_output,
-            name=self.slot,
-            log_extra=self._log_extra,
-            exited_by_itself=self._preparation.keep_for_restart,
-        )
-        self._process.spawn()
+        environment = self.spec.server_environment(self.launch_uri)
+        spare = await self._spares.take(self.launch_uri) if self._spares is not None else None
+        if spare is not None:
+            # Its imports are done: told what to serve, it becomes that very command.
+            self._process = spare.process
+            self._process.on_line = self._note_output
+            self._process.log_extra = self._log_extra
+            self._process.exited_by_itself = self._preparation.keep_for_restart
+            self.launch = "spare"
+            log.info(
+                "serving from the spare pid %s: %s",
+                self._process.pid,
+                " ".join(command),
+                extra=self._log_extra,
+            )
+            order = {
+                "env": environment,
+                "args": command[3:],  # after `python -m uvicorn`
+                "priority": os.getpriority(os.PRIO_PROCESS, 0),
+            }
+            self._process.send(json.dumps(order))
+        else:
+            log.info("starting worker: %s", " ".join(command), extra=self._log_extra)
+            self._process = ChildProcess(
+                command,
+                environment,
+                self._note_output,
+                name=self.slot,
+                log_extra=self._log_extra,
+                exited_by_itself=self._preparation.keep_for_restart,
+            )
+            self._process.spawn()
+            self.launch = "direct" if self.spec.is_direct(self.launch_uri) else "cli"
         self._probe = Probe(self.base_url)
         # Read the MLmodel (warm-up payload, signature) while the worker boots, not after.
         self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.launch_uri))
@@ -144,6 +174,13 @@ class ModelWorker:
             return False
         return await self._probe.ping(timeout)
 
+    def flavor_modules(self) -> list[str]:
+        """The module its model loads with, once its MLmodel was read: what a spare imports."""
+        if self._card is None or not self._card.done() or self._card.exception() is not None:
+            return []
+        module = self._card.result().loader_module
+        return [module] if module else []
+
     def rss_bytes(self) -> int:
         """Resident memory of the worker's whole process group (mlflow, uvicorn, its workers)."""
         pid = self.pid
@@ -171,6 +208,7 @@ class ModelWorker:
             "version": self.version,
             "model_uri": self.model_uri,
             "served_from": self.launch_uri,
+            "launch": self.launch,
             "pid": self.pid,
             "port": self.port,
             "alive": self.alive,

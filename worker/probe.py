@@ -10,6 +10,10 @@ from collections.abc import Callable
 
 import aiohttp
 
+# Between two pings of a server that is not up yet: a refused connection costs nothing, and the
+# swap's `ready` step is only as exact as this.
+POLL = 0.05
+
 
 class ProbeFailed(Exception):
     """The server did not answer as a probe needs; the message says how."""
@@ -52,7 +56,7 @@ class Probe:
             if await self.ping():
                 return
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.25):
+                async with asyncio.timeout(POLL):
                     await exited.wait()
 
     async def score(self, payload: str, timeout: float) -> None:

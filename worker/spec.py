@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import socket
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from .model.prepare import is_remote
 
 # The proxy's pools drop idle connections well before this (proxy/relay/pools.py), so the
 # proxy, never the worker, closes an idle connection. Otherwise a request can be written onto
 # a connection the worker closed a moment before, and aiohttp never retries a POST.
 WORKER_KEEPALIVE = 75
+
+# What `mlflow models serve` runs, and the variable that tells it which model to load.
+SCORING_APP = "mlflow.pyfunc.scoring_server.app:app"
+MODEL_PATH_VARIABLE = "__pyfunc_model_path__"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,7 +43,27 @@ class WorkerSpec:
     prefetch: bool = True
     prefetch_timeout: float = 600.0
 
+    # Start MLflow's scoring server directly where that is what `mlflow models serve` would run
+    # (see `direct`), instead of the CLI that imports mlflow only to start it.
+    direct: bool = True
+
+    def is_direct(self, model_uri: str) -> bool:
+        """`mlflow models serve` of a local model with the local env manager runs exactly
+        `uvicorn --host H --port P --workers N mlflow.pyfunc.scoring_server.app:app` with the
+        model's path and the request timeout in its environment (mlflow/pyfunc/backend.py,
+        scoring_server.get_cmd). Other env managers activate an environment first: they go
+        through the CLI."""
+        return self.direct and self.env_manager == "local" and not is_remote(model_uri)
+
     def command(self, model_uri: str, port: int) -> list[str]:
+        if self.is_direct(model_uri):
+            return [
+                sys.executable, "-m", "uvicorn",
+                "--host", self.host,
+                "--port", str(port),
+                "--workers", str(self.workers),
+                SCORING_APP,
+            ]  # fmt: skip
         return [
             sys.executable, "-m", "mlflow", "models", "serve",
             "--model-uri", model_uri,
@@ -44,6 +73,14 @@ class WorkerSpec:
             "--workers", str(self.workers),
             "--timeout", str(self.timeout),
         ]  # fmt: skip
+
+    def server_environment(self, model_uri: str) -> dict[str, str]:
+        """`environment()`, plus what `mlflow models serve` would tell the server it starts."""
+        env = self.environment()
+        if self.is_direct(model_uri):
+            env[MODEL_PATH_VARIABLE] = _local_file_uri(model_uri)
+            env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(self.timeout)
+        return env
 
     def environment(self) -> dict[str, str]:
         env = dict(self.base_env)
@@ -62,3 +99,10 @@ class WorkerSpec:
         # both the proxy's and the workers' access logs on.
         env.setdefault("UVICORN_ACCESS_LOG", "true" if self.access_log else "false")
         return env
+
+
+def _local_file_uri(model_uri: str) -> str:
+    """A local path (or file: URI) as the file URI MLflow's CLI hands the server (as
+    mlflow.utils.file_utils.path_to_local_file_uri makes it)."""
+    path = urllib.parse.urlparse(model_uri).path if model_uri.startswith("file:") else model_uri
+    return pathlib.Path(os.path.abspath(urllib.request.url2pathname(path))).as_uri()

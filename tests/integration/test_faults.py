@@ -65,11 +65,12 @@ def test_active_worker_killed_under_load_is_restarted_and_waiting_requests_are_h
     registry: Registry, start_sidecar: Callable[..., SidecarProcess]
 ) -> None:
     first, _ = registry.iris_versions
-    sidecar = start_sidecar(f"models:/iris/{first}")
+    # Two uvicorn workers: a worker is a group of processes, and a kill must take them all.
+    sidecar = start_sidecar(f"models:/iris/{first}", "--workers", "2")
     sidecar.wait_active(first, timeout=120)
     victim = sidecar.status()["active"]
     members = group_members(victim["pid"])
-    assert len(members) >= 2  # `mlflow models serve` and its uvicorn
+    assert len(members) >= 2  # uvicorn and its worker processes
     killed_at: dict[str, float] = {}
 
     async def scenario():

@@ -12,6 +12,7 @@ import pytest
 
 from mlflow_bluegreen.proxy.demo import SidecarProcess
 from mlflow_bluegreen.proxy.loadgen import IRIS_COLUMNS
+from mlflow_bluegreen.worker.sandbox import set_alias
 from mlflow_bluegreen.worker.spec import WorkerSpec, free_port
 
 from .conftest import Registry
@@ -67,11 +68,27 @@ def exchange(port: int, method: str, path: str, content_type: str | None, body: 
     return response.status, headers, data
 
 
+def assert_same_answers(direct_port: int, sidecar: SidecarProcess, version: str) -> set[int]:
+    """Every request of REQUESTS answered alike, but for X-Model-Version; the statuses seen."""
+    statuses = set()
+    for method, path, content_type, body in REQUESTS:
+        direct = exchange(direct_port, method, path, content_type, body)
+        proxied = exchange(sidecar.port, method, path, content_type, body)
+        what = f"{method} {path} {content_type} {body[:60]!r}"
+        assert proxied[0] == direct[0], what
+        assert proxied[2] == direct[2], what
+        assert proxied[1].pop("x-model-version") == version, what
+        assert proxied[1] == direct[1], what
+        statuses.add(direct[0])
+    return statuses
+
+
 @pytest.fixture(scope="module")
 def direct_worker(registry: Registry) -> Iterator[int]:
-    """`mlflow models serve` started exactly as the sidecar starts its workers."""
+    """A plain `mlflow models serve` of the registry version, with our workers' environment: the
+    sidecar's own workers start the scoring server directly, and must answer the same."""
     first, _ = registry.iris_versions
-    spec = WorkerSpec()
+    spec = WorkerSpec(direct=False)
     port = free_port()
     env = {**spec.environment(), "MLFLOW_TRACKING_URI": registry.uri, **SAME_HASH_SEED}
     process = subprocess.Popen(
@@ -100,15 +117,26 @@ def test_every_answer_is_the_same_as_direct_serving(
     first, _ = registry.iris_versions
     sidecar = start_sidecar(f"models:/iris/{first}", env=SAME_HASH_SEED)
     sidecar.wait_active(first, timeout=120)
-    statuses = set()
-    for method, path, content_type, body in REQUESTS:
-        direct = exchange(direct_worker, method, path, content_type, body)
-        proxied = exchange(sidecar.port, method, path, content_type, body)
-        what = f"{method} {path} {content_type} {body[:60]!r}"
-        assert proxied[0] == direct[0], what
-        assert proxied[2] == direct[2], what
-        assert proxied[1].pop("x-model-version") == first, what
-        assert proxied[1] == direct[1], what
-        statuses.add(direct[0])
+    statuses = assert_same_answers(direct_worker, sidecar, first)
     # The list covers success and each of MLflow's error answers.
     assert statuses >= {200, 400, 404, 405, 415}
+
+
+def test_a_worker_started_from_the_spare_answers_the_same_too(
+    registry: Registry,
+    direct_worker: int,
+    start_sidecar: Callable[..., SidecarProcess],
+) -> None:
+    """The spare becomes the scoring server in a process that imported it beforehand: every
+    answer must still be the one a plain `mlflow models serve` gives."""
+    first, second = registry.iris_versions
+    set_alias(registry.uri, "iris", "transparency", second)
+    sidecar = start_sidecar(
+        "models:/iris@transparency", "--poll-interval", "0.5", env=SAME_HASH_SEED
+    )
+    sidecar.wait_active(second, timeout=120)
+    sidecar.wait_until(lambda s: bool((s.get("spare") or {}).get("ready")), 120, "a spare")
+    set_alias(registry.uri, "iris", "transparency", first)
+    sidecar.wait_active(first, timeout=120)
+    assert sidecar.status()["active"]["launch"] == "spare"
+    assert_same_answers(direct_worker, sidecar, first)

@@ -73,3 +73,19 @@ def test_only_the_roster_assigns_roles() -> None:
                     ):
                         assigning.append(path.name)
     assert set(assigning) == {"roster.py"}
+
+
+def test_every_package_directory_is_listed_for_the_wheel() -> None:
+    """pyproject names the packages one by one (they install under mlflow_bluegreen.): a
+    folder left off would be missing from the wheel and the image."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    present = {
+        "mlflow_bluegreen." + ".".join(init.parent.relative_to(REPO).parts)
+        for top in PACKAGE_DIRS
+        for init in REPO.joinpath(top).rglob("__init__.py")
+    }
+    assert present == listed

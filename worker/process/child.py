@@ -21,7 +21,8 @@ log = logging.getLogger("mlflow_bluegreen.worker")
 
 class ChildProcess:
     """Started by `spawn`; `on_line` gets each line it prints; `exited_by_itself` is called as
-    soon as its exit is reaped, unless we stopped it."""
+    soon as its exit is reaped, unless we stopped it. Both, and `log_extra`, may be changed
+    while it runs (a spare changes hands). With `stdin_pipe`, `send` writes to its stdin."""
 
     def __init__(
         self,
@@ -32,13 +33,15 @@ class ChildProcess:
         name: str,
         log_extra: Mapping[str, Any],
         exited_by_itself: Callable[[], None] | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
         self._command = list(command)
         self._env = dict(env)
-        self._on_line = on_line
+        self.on_line = on_line
         self._name = name
-        self._log_extra = dict(log_extra)
-        self._exited_by_itself = exited_by_itself
+        self.log_extra = dict(log_extra)
+        self.exited_by_itself = exited_by_itself
+        self._stdin_pipe = stdin_pipe
         self._popen: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.returncode: int | None = None
@@ -52,7 +55,7 @@ class ChildProcess:
         self._popen = subprocess.Popen(
             dying_with_us(self._command),
             env=self._env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self._stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: we stop its children with it
@@ -64,6 +67,13 @@ class ChildProcess:
             asyncio.create_task(self._relay(self._popen.stdout), name=f"relay-{self._name}"),
             asyncio.create_task(self._reap_until_exit(), name=f"reap-{self._name}"),
         ]
+
+    def send(self, line: str) -> None:
+        """One line to its stdin, which is then closed: all it will be told."""
+        assert self._popen is not None and self._popen.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._popen.stdin.write(line.encode() + b"\n")
+            self._popen.stdin.close()
 
     @property
     def alive(self) -> bool:
@@ -80,7 +90,7 @@ class ChildProcess:
             self._signal_group(signal.SIGTERM)
             if not await self._wait_group_gone(grace):
                 log.warning(
-                    "worker did not stop within %g s; killing it", grace, extra=self._log_extra
+                    "worker did not stop within %g s; killing it", grace, extra=self.log_extra
                 )
                 self._signal_group(signal.SIGKILL)
                 await self._wait_group_gone(10.0)
@@ -94,8 +104,10 @@ class ChildProcess:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        if self._popen is not None and self._popen.stdout is not None:
-            self._popen.stdout.close()
+        if self._popen is not None:
+            for pipe in (self._popen.stdout, self._popen.stdin):
+                if pipe is not None:
+                    pipe.close()
 
     # -- the process group -----------------------------------------------------------------
 
@@ -138,8 +150,8 @@ class ChildProcess:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 if self._popen is not None:
                     self._popen.returncode = self.returncode
-                if not self._stopping and self._exited_by_itself is not None:
-                    self._exited_by_itself()
+                if not self._stopping and self.exited_by_itself is not None:
+                    self.exited_by_itself()
                 self._exited.set()
 
     async def _reap_until_exit(self) -> None:
@@ -150,13 +162,16 @@ class ChildProcess:
             if self.returncode is None:
                 await asyncio.sleep(0.1)
         level = logging.INFO if self.returncode in (0, -signal.SIGTERM) else logging.WARNING
-        log.log(level, "worker exited with code %s", self.returncode, extra=self._log_extra)
+        log.log(level, "worker exited with code %s", self.returncode, extra=self.log_extra)
         # Whatever the leader left behind in its group goes with it.
         if self._group_alive():
             self._signal_group(signal.SIGTERM)
             if not await self._wait_group_gone(5.0):
                 self._signal_group(signal.SIGKILL)
                 await self._wait_group_gone(5.0)
+
+    def _line(self, line: str) -> None:
+        self.on_line(line)  # looked up each time: whoever holds the process now
 
     async def _relay(self, pipe: IO[bytes]) -> None:
         loop = asyncio.get_running_loop()
@@ -165,6 +180,6 @@ class ChildProcess:
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
         try:
-            await relay_lines(reader, self._on_line)
+            await relay_lines(reader, self._line)
         finally:
             transport.close()

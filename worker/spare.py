@@ -1,0 +1,236 @@
+"""One pre-warmed spare: an interpreter that has imported MLflow's scoring server and waits, so
+the next version's worker has only its model to load (spare_main.py is what it runs).
+
+Kept by the sidecar: made when nothing else happens (a while after a swap, at low CPU
+priority), handed to the next worker that can use it, then made again. A spare that died, or
+that is stale (MLflow or any other installed package changed since it started, or the
+environment workers get), is replaced, never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from .process.child import ChildProcess
+from .process.memory import group_rss_bytes
+from .spare_main import READY
+from .spec import WorkerSpec
+
+log = logging.getLogger("mlflow_bluegreen.worker")
+
+# After a swap, the new worker settles and the old one stops: a spare started at once would
+# compete with both for the CPU.
+QUIET_DELAY = 2.0
+# A spare still importing when a swap wants it is waited for (the rest of its imports take less
+# than a whole cold start), up to this long.
+READY_WAIT = 30.0
+
+
+def installed_fingerprint(environment: dict[str, str]) -> str:
+    """What a spare's imports depend on: the interpreter, every installed distribution and the
+    environment workers start with. Blocking (it reads every dist-info): run it in a thread."""
+    digest = hashlib.sha256(sys.executable.encode())
+    for name, version in sorted(
+        (d.metadata["Name"] or "", d.version) for d in importlib.metadata.distributions()
+    ):
+        digest.update(f"{name}=={version}\n".encode())
+    for key, value in sorted(environment.items()):
+        digest.update(f"{key}={value}\n".encode())
+    return digest.hexdigest()
+
+
+class Spare:
+    """A spare process and what it said about itself once its imports were done."""
+
+    def __init__(self, process: ChildProcess, fingerprint: str) -> None:
+        self.process = process
+        self.fingerprint = fingerprint
+        self.ready = asyncio.Event()
+        self.mlflow: str | None = None
+        self.lines: list[str] = []
+
+    def note(self, line: str) -> None:
+        if line.startswith(READY):
+            self.mlflow = json.loads(line[len(READY) :])["mlflow"]
+            self.ready.set()
+        else:
+            self.lines.append(line)
+            log.info("spare: %s", line)
+
+
+class SpareKeeper:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        *,
+        enabled: bool = True,
+        preload: Callable[[], Sequence[str]] = tuple,
+        fingerprint: Callable[[dict[str, str]], str] = installed_fingerprint,
+        quiet_delay: float = QUIET_DELAY,
+    ) -> None:
+        self.spec = spec
+        self.enabled = enabled and spec.workers == 1  # uvicorn's own workers re-import all
+        self._preload = preload  # modules to import too: the flavors serving now
+        self._fingerprint = fingerprint
+        self._quiet_delay = quiet_delay
+        self._spare: Spare | None = None
+        self._making: asyncio.Task[None] | None = None
+        self._closed = False
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.used = 0
+        self.replaced = 0
+
+    def eligible(self, model_uri: str) -> bool:
+        return self.enabled and self.spec.is_direct(model_uri)
+
+    def replenish(self, delay: float | None = None) -> None:
+        """Make a spare in a while, unless there is one (alive) or one is being made."""
+        if not self.enabled or self._closed:
+            return
+        if self._spare is not None and self._spare.process.alive:
+            return
+        if self._making is not None and not self._making.done():
+            return
+        wait = self._quiet_delay if delay is None else delay
+        self._making = asyncio.create_task(self._make(wait), name="spare")
+
+    async def take(self, model_uri: str) -> Spare | None:
+        """The spare, ready and current, now this caller's; None if there is none fit to use
+        (a stale or dead one is stopped, and another made later)."""
+        spare, self._spare = self._spare, None
+        if spare is None or not self.eligible(model_uri):
+            self._spare = spare
+            return None
+        why = await self._unfit(spare)
+        if why is not None:
+            log.warning("spare pid %s not used: %s; making another", spare.process.pid, why)
+            self.replaced += 1
+            await spare.process.stop(2.0)
+            self.replenish()
+            return None
+        self.used += 1
+        return spare
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Until a spare is ready (one is made now if none is on its way); whether one is."""
+        self.replenish(delay=0.0)
+        async with asyncio.timeout(timeout):
+            while self._spare is None or not self._spare.ready.is_set():
+                if self._spare is not None and not self._spare.process.alive:
+                    return False
+                await asyncio.sleep(0.05)
+        return True
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in self._watchers:
+            task.cancel()
+        if self._making is not None:
+            self._making.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._making
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.process.stop(2.0)
+
+    def status(self) -> dict[str, object] | None:
+        spare = self._spare
+        if not self.enabled:
+            return None
+        info: dict[str, object] = {"used": self.used, "replaced": self.replaced}
+        if spare is not None:
+            pid = spare.process.pid
+            info.update(
+                pid=pid,
+                ready=spare.ready.is_set(),
+                alive=spare.process.alive,
+                rss_bytes=group_rss_bytes(pid) if pid and spare.process.alive else 0,
+            )
+        return info
+
+    def rss_bytes(self) -> int:
+        spare = self._spare
+        if spare is None or spare.process.pid is None or not spare.process.alive:
+            return 0
+        return group_rss_bytes(spare.process.pid)
+
+    async def _unfit(self, spare: Spare) -> str | None:
+        if not spare.process.alive:
+            return f"it exited with code {spare.process.returncode}"
+        if not spare.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_WAIT):
+                    await _first(spare.ready.wait(), spare.process.wait_exit())
+            if not spare.process.alive:
+                return f"it exited with code {spare.process.returncode}"
+            if not spare.ready.is_set():
+                return f"its imports took more than {READY_WAIT:g} s"
+        installed = importlib.metadata.version("mlflow")
+        if spare.mlflow != installed:
+            return f"it imported MLflow {spare.mlflow}, {installed} is installed now"
+        now = await asyncio.to_thread(self._fingerprint, self.spec.environment())
+        if now != spare.fingerprint:
+            return "the installed packages or the workers' environment changed since it started"
+        return None
+
+    async def _make(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        environment = self.spec.environment()
+        fingerprint = await asyncio.to_thread(self._fingerprint, environment)
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow_bluegreen.worker.spare_main",
+            *self._preload(),
+        ]
+        spare: Spare | None = None
+
+        def note(line: str) -> None:
+            if spare is not None:
+                spare.note(line)
+
+        process = ChildProcess(
+            command,
+            environment,
+            note,
+            name="spare",
+            log_extra={"slot": "spare"},
+            stdin_pipe=True,
+        )
+        spare = Spare(process, fingerprint)
+        process.spawn()
+        self._spare = spare
+        log.info("spare pid %s: importing MLflow's scoring server, at low priority", process.pid)
+        self._watch(spare)
+
+    def _watch(self, spare: Spare) -> None:
+        async def watch() -> None:
+            code = await spare.process.wait_exit()
+            if self._spare is spare:  # not taken: it died waiting
+                log.warning(
+                    "spare pid %s exited with code %s; making another", spare.process.pid, code
+                )
+                self._spare = None
+                self.replaced += 1
+                spare.process.close()
+                self.replenish()
+
+        task = asyncio.create_task(watch(), name="spare-watch")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
