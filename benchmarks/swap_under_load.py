@@ -19,10 +19,13 @@ All times are seconds since the load began, on the load generator's clock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,17 +73,58 @@ def load_for(args: argparse.Namespace, url: str) -> LoadChild:
 # -- the two systems under test ------------------------------------------------------------------
 
 
-def run_ours(args: argparse.Namespace, registry_uri: str, versions_: list[str]) -> dict[str, Any]:
+def worker_rss(sidecar: Any) -> int:
+    """All the sidecar's workers' resident memory now, whatever their role, from /metrics."""
+    code, body = sidecar.get("/metrics", admin=True)
+    if code != 200:
+        return 0
+    prefix = "mlflow_bluegreen_worker_rss_bytes{"
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in body.decode().splitlines()
+            if line.startswith(prefix)
+        )
+    )
+
+
+class PeakSampler:
+    """The highest sum of the workers' RSS seen, sampled every 0.5 s in a thread."""
+
+    def __init__(self, sidecar: Any) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(sidecar,), daemon=True)
+        self._thread.start()
+
+    def _run(self, sidecar: Any) -> None:
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, worker_rss(sidecar))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_ours(
+    args: argparse.Namespace,
+    registry_uri: str,
+    versions_: list[str],
+    options: tuple[str, ...] = (),
+) -> dict[str, Any]:
     from mlflow_bluegreen.proxy.demo import SidecarProcess
     from mlflow_bluegreen.worker.sandbox import set_alias
 
     log_path = out_path("swap_under_load-sidecar", ".log")
-    extra = ("--poll-interval", str(args.poll_interval), "--log-level", "INFO")
+    extra = ("--poll-interval", str(args.poll_interval), "--log-level", "INFO", *options)
     with SidecarProcess(
         "models:/iris@champion", tracking_uri=registry_uri, extra_args=extra, log_path=log_path
     ) as sidecar:
         sidecar.wait_active(versions_[0], timeout=args.swap_timeout)
         load = load_for(args, f"{sidecar.url}/invocations")
+        peak = PeakSampler(sidecar)
         moves: list[Move] = []
         try:
             time.sleep(args.lead)
@@ -99,6 +143,7 @@ def run_ours(args: argparse.Namespace, registry_uri: str, versions_: list[str]) 
                 time.sleep(args.pause)
         finally:
             records = load.stop()
+            peak_rss = peak.stop()
         status = sidecar.status()
         exit_code = sidecar.stop()
     history = list(reversed(status["history"]))  # oldest first
@@ -107,6 +152,8 @@ def run_ours(args: argparse.Namespace, registry_uri: str, versions_: list[str]) 
         "moves": moves,
         "swaps": [h for h in history if h["from"] is not None],
         "exit_code": exit_code,
+        "options": list(options),
+        "peak_worker_rss_bytes": peak_rss,
         "log": str(log_path),
     }
 
@@ -448,7 +495,7 @@ def print_summary(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
             print(f"  {name} failures: {kinds}")
     for name, run in runs.items():
         s = run["summary"]
-        took = "switched" if name == "ours" else "serving again"
+        took = "switched" if name.startswith("ours") else "serving again"
         print(f"\n{name}: per alias move (seconds after the move)")
         print(
             table(
@@ -477,9 +524,13 @@ def print_summary(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
                 ],
             )
         )
-    if "ours" in runs and runs["ours"].get("swaps"):
-        print("\nours: swap steps from /status history (seconds)")
-        swaps = runs["ours"]["swaps"]
+    for name, run in runs.items():
+        if not name.startswith("ours") or not run.get("swaps"):
+            continue
+        options = " ".join(run.get("options", [])) or "defaults"
+        peak = run.get("peak_worker_rss_bytes", 0) / 2**20
+        print(f"\n{name} ({options}; workers' peak RSS {peak:.0f} MiB): swap steps (seconds)")
+        swaps = run["swaps"]
         names = list(dict.fromkeys(k for h in swaps for k in h["steps"]))
         print(
             table(
@@ -496,13 +547,15 @@ def print_summary(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> 
         failed = run["summary"]["failed"]
         verdict = "meets" if failed <= TARGETS["failed"] else "MISSES"
         print(f"  {name:8} failed {failed} of {run['summary']['total']}: {verdict}")
-    if "ours" in runs:
-        s = runs["ours"]["summary"]
+    ours = [name for name in runs if name.startswith("ours")]
+    if ours:
+        print(f"target: ours p99 around swaps <= {TARGETS['swap_steady_p99']:g}x steady p99")
+    for name in ours:
+        s = runs[name]["summary"]
         ratio = _ratio(s["swap_span"]["p99"], s["steady"]["p99"])
         interval = s.get("swap_steady_p99_interval")
-        print(f"target: ours p99 around swaps <= {TARGETS['swap_steady_p99']:g}x steady p99")
         shown = "-" if ratio is None else f"{ratio:.2f}x"
-        print(f"  ours     {shown}, 90% interval {_interval(interval)}: {_verdict(interval)}")
+        print(f"  {name:12} {shown}, 90% interval {_interval(interval)}: {_verdict(interval)}")
 
 
 def serialisable(run: dict[str, Any]) -> dict[str, Any]:
@@ -543,6 +596,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--swap-timeout", type=float, default=240.0)
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="hard cap on the load")
     parser.add_argument("--only", choices=["ours", "restart"], default=None)
+    parser.add_argument(
+        "--ours-variant",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIONS",
+        help="also run the sidecar with these extra options, as ours-NAME (e.g. "
+        "before='--no-direct-start --no-spare', memory='--swap-policy memory')",
+    )
     parser.add_argument(
         "--summarise",
         metavar="JSON",
@@ -597,7 +658,8 @@ def main() -> int:
 
     began = time.monotonic()
     info = machine()
-    systems = [args.only] if args.only else ["ours", "restart"]
+    variants = dict(v.partition("=")[::2] for v in args.ours_variant)
+    systems = [args.only] if args.only else ["ours", *(f"ours-{n}" for n in variants), "restart"]
     runs: dict[str, dict[str, Any]] = {}
     print("• starting an embedded MLflow registry and registering two iris versions …", flush=True)
     with EmbeddedRegistry() as registry:
@@ -605,7 +667,11 @@ def main() -> int:
         for system in systems:
             set_alias(registry.uri, "iris", "champion", versions_[0])
             print(f"• {system}: {args.rate:g} req/s, {args.moves} alias moves …", flush=True)
-            run = (run_ours if system == "ours" else run_restart)(args, registry.uri, versions_)
+            if system.startswith("ours"):
+                options = tuple(shlex.split(variants.get(system.removeprefix("ours-"), "")))
+                run = run_ours(args, registry.uri, versions_, options)
+            else:
+                run = run_restart(args, registry.uri, versions_)
             run["summary"] = analyse(run["records"], run["moves"], args.late_ms)
             runs[system] = run
     stem = out_path("swap_under_load", "")

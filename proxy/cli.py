@@ -267,6 +267,14 @@ def main() -> None:
     "(512Mi, 2G). Default: its cgroup's memory.max.",
 )
 @option(
+    "--direct-start/--no-direct-start",
+    env="direct_start",
+    default=True,
+    help="Start a local model's scoring server as `mlflow models serve` would (uvicorn on "
+    "MLflow's scoring app), without the CLI process that only imports MLflow to do so. "
+    "Off: every worker is a `mlflow models serve`.",
+)
+@option(
     "--spare/--no-spare",
     env="spare",
     default=True,

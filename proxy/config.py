@@ -35,6 +35,7 @@ class Config:
     canary_max_error_increase: float = 0.01
     swap_policy: str = "availability"
     memory_limit: int | None = None  # bytes; None: the cgroup's memory.max
+    direct_start: bool = True  # the scoring server without the CLI process (spec.py)
     spare: bool = True  # keep a pre-warmed interpreter for the next version's worker
     # Secrets stay out of repr, so a logged config is safe.
     admin_token: str | None = field(default=None, repr=False)

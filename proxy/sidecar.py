@@ -54,6 +54,7 @@ class Sidecar:
             base_env=config.worker_env,
             access_log=config.access_log,
             prefetch_timeout=config.startup_timeout,
+            direct=config.direct_start,
         )
         ref = self.ref
         self.stash = ModelStash()  # a dead worker's model copy, for its restart
