@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Any
 
 import pytest
 from mlflow.types import ColSpec, Schema
 
+from mlflow_bluegreen.proxy.relay import rules
 from mlflow_bluegreen.worker.control import CanaryPolicy, Supervisor
 
 from .fakes import Fleet, Plan
@@ -95,7 +97,7 @@ def test_with_no_active_worker_a_canary_takes_every_request() -> None:
     supervisor = make(fleet)
     canary = fleet("green", "2")
     supervisor.roles.canary, supervisor.roles.canary_share = canary, 0.01
-    assert all(supervisor.route() is canary for _ in range(100))
+    assert all(rules.route(supervisor.roles, random.random) is canary for _ in range(100))
 
 
 async def test_a_crashed_worker_is_replaced_without_waiting_for_its_stop() -> None:

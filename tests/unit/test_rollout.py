@@ -4,11 +4,13 @@ workers."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
 from mlflow.types import ColSpec, Schema
 
+from mlflow_bluegreen.proxy.relay import rules
 from mlflow_bluegreen.worker.control import CanaryPolicy, NoRollback, Supervisor
 
 from .fakes import Fleet, Plan
@@ -166,7 +168,7 @@ async def test_an_additive_signature_change_passes() -> None:
 async def answer(supervisor: Supervisor, requests: int, fail_version: str | None) -> None:
     """Play the forwarder: route each request and count its outcome."""
     for _ in range(requests):
-        worker = supervisor.route()
+        worker = rules.route(supervisor.roles, random.random)
         assert worker is not None
         worker.in_flight.enter()
         worker.in_flight.leave(failed=worker.version == fail_version)
@@ -210,6 +212,6 @@ async def test_version_routing_finds_active_and_lingering() -> None:
     fleet = Fleet()
     async with running(make(fleet, linger=30)) as supervisor:
         await serve_two(supervisor)
-        assert supervisor.worker_for("2") is supervisor.active
-        assert supervisor.worker_for("1") is supervisor.lingering
-        assert supervisor.worker_for("3") is None
+        assert rules.pinned(supervisor.roles, "2") is supervisor.active
+        assert rules.pinned(supervisor.roles, "1") is supervisor.lingering
+        assert rules.pinned(supervisor.roles, "3") is None

@@ -53,13 +53,6 @@ class Roles:
         ]
         return [(role, w) for role, w in roles if w is not None]
 
-    def serving(self, version: str) -> Worker | None:
-        """The worker of `version` that may take traffic: active, canary or lingering."""
-        for worker in (self.active, self.canary, self.lingering):
-            if worker is not None and worker.version == version:
-                return worker
-        return None
-
     def slot_busy(self, slot: str) -> bool:
         """A worker still stopping holds its slot."""
         return any(w.slot == slot for w in self.retiring)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -60,15 +59,6 @@ class Roster:
         self._retirements: dict[Worker, asyncio.Task[bool]] = {}
 
     # -- read by the proxy ---------------------------------------------------------------------
-
-    def route(self) -> Worker | None:
-        """The worker for the next request: the active one, or during a canary sometimes the
-        new one."""
-        roles = self.roles
-        canary = roles.canary
-        if canary is not None and (roles.active is None or random.random() < roles.canary_share):
-            return canary  # also all of it when the old worker died: the canary is warm
-        return roles.active
 
     async def wait_for_active(self, timeout: float, exclude: Worker | None = None) -> Worker | None:
         """The active worker once there is one other than `exclude`; None after `timeout`."""

@@ -144,13 +144,6 @@ class Supervisor:
     def pinned(self) -> dict[str, Any] | None:
         return self.intent.pinned
 
-    def route(self) -> Worker | None:
-        return self.roster.route()
-
-    def worker_for(self, version: str) -> Worker | None:
-        """The worker serving `version` that may take traffic: active, canary or lingering."""
-        return self.roles.serving(version)
-
     async def wait_for_worker(self, timeout: float, exclude: Worker | None = None) -> Worker | None:
         return await self.roster.wait_for_active(timeout, exclude)
 
