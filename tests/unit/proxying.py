@@ -1,10 +1,9 @@
-"""The public port exactly as the sidecar builds it, in front of real HTTP upstreams, with a
-stand-in for what it reads of the supervisor (`Routing`)."""
+"""The public port exactly as the sidecar builds it, in front of real HTTP upstreams, with the
+real supervisor's roles set by hand (`_set_active`) instead of by swaps."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from mlflow_bluegreen.proxy.relay.forward import Forwarder
 from mlflow_bluegreen.proxy.relay.port import PublicPort
+from mlflow_bluegreen.worker.control import Supervisor, Worker
 from mlflow_bluegreen.worker.control.inflight import InFlight
 
 HITS = web.AppKey("hits", list)
@@ -48,42 +48,8 @@ class Upstream:
         """Nothing to close: connections to it are the relay's (pools.py)."""
 
 
-@dataclass
-class Roles:
-    active: Any = None
-    canary: Any = None
-    canary_share: float = 0.0
-    lingering: Any = None
-
-
-class Routing:
-    """What the relay reads of the supervisor (forward.Supervision), as the supervisor keeps
-    it: the roles, whether a worker ever served, and a wait for the next active worker."""
-
-    def __init__(self) -> None:
-        self.roles = Roles()
-        self.served = False
-        self._switched = asyncio.Event()
-
-    def _set_active(self, worker: Any) -> None:
-        self.roles.active = worker
-        if worker is not None:
-            self.served = True
-        self._switched.set()
-        self._switched = asyncio.Event()
-
-    async def wait_for_worker(self, timeout: float, exclude: Any = None) -> Any:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self.roles.active is None or self.roles.active is exclude:
-                    await self._switched.wait()
-        active = self.roles.active
-        return active if active is not None and active is not exclude else None
-
-    def workers(self) -> list[tuple[str, Any]]:
-        roles = self.roles
-        named = (("active", roles.active), ("canary", roles.canary), ("lingering", roles.lingering))
-        return [(role, worker) for role, worker in named if worker is not None]
+def _no_workers(slot: str, version: str) -> Worker:
+    raise AssertionError("the relay's tests run no swaps")
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -137,7 +103,7 @@ class Proxy:
     def __init__(
         self,
         public: PublicPort,
-        supervisor: Routing,
+        supervisor: Supervisor,
         forwarder: Forwarder,
         seen: list[Any],
     ) -> None:
@@ -171,7 +137,7 @@ async def make_proxy() -> AsyncIterator[Callable[[Upstream | None], Awaitable[Pr
     async def make(
         upstream: Upstream | None, keepalive_timeout: float = 75.0, **options: Any
     ) -> Proxy:
-        supervisor = Routing()
+        supervisor = Supervisor(_no_workers)
         if upstream is not None:
             supervisor._set_active(upstream)
         seen: list[Any] = []
