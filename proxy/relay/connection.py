@@ -125,7 +125,9 @@ class PublicConnection(asyncio.Protocol):
         self._headers = exchange.headers
 
     def on_url(self, url: bytes) -> None:
-        self.exchange.url += url  # type: ignore[union-attr]
+        exchange = self.exchange
+        assert exchange is not None  # made by on_message_begin, which llhttp calls first
+        exchange.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -154,10 +156,14 @@ class PublicConnection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
-        self.exchange.body.append(body)  # type: ignore[union-attr]
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.exchange.complete = True  # type: ignore[union-attr]
+        exchange = self.exchange
+        assert exchange is not None
+        exchange.complete = True
 
     # -- one request after the other -------------------------------------------------------
 
