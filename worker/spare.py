@@ -76,7 +76,9 @@ class SpareKeeper:
         quiet_delay: float = QUIET_DELAY,
     ) -> None:
         self.spec = spec
-        self.enabled = enabled and spec.workers == 1  # uvicorn's own workers re-import all
+        # Only where the next worker can use it: a local model started directly, in this
+        # environment, by one uvicorn process (with more, each re-imports everything).
+        self.enabled = enabled and spec.workers == 1 and spec.direct and spec.env_manager == "local"
         self._preload = preload  # modules to import too: the flavors serving now
         self._fingerprint = fingerprint
         self._quiet_delay = quiet_delay

@@ -224,8 +224,8 @@ def sigterm_leaves_nothing(command: ProjectCommand) -> None:
     argv = cmdline(pid)
     assert any(arg.endswith("mlflow-bluegreen") for arg in argv), argv
     running = descendants(pid)
-    # the sidecar, `mlflow models serve` and its uvicorn at least
-    assert len(running) >= 3, (running, command.log())
+    # the sidecar and its worker's scoring server (uvicorn, started directly) at least
+    assert len(running) >= 2, (running, command.log())
     began = time.monotonic()
     code = command.terminate()
     seconds = time.monotonic() - began

@@ -269,6 +269,7 @@ def test_the_sidecar_starts_with_the_container_environment(
     assert config.allow_signature_change is rollout["allowSignatureChange"]
     assert config.swap_policy == rollout["swapPolicy"]
     assert config.spare is rollout["spare"]
+    assert config.direct_start is rollout["directStart"]
     assert config.canary_percent == pytest.approx(rollout["canary"]["percent"])
     assert config.canary_seconds == pytest.approx(rollout["canary"]["seconds"])
     assert config.canary_max_error_increase == pytest.approx(rollout["canary"]["maxErrorIncrease"])

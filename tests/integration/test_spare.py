@@ -32,26 +32,27 @@ def swap_to(sidecar: SidecarProcess, registry: Registry, name: str, version: str
 
 
 @pytest.fixture
-def versions(registry: Registry) -> Iterator[tuple[str, str, str]]:
+def spared(
+    registry: Registry, start_sidecar: Callable[..., SidecarProcess]
+) -> Iterator[tuple[SidecarProcess, str, str, str]]:
+    """A sidecar tracking a new model's alias on its first version, with a spare ready:
+    (sidecar, model name, first version, second version)."""
     name = "spared"
-    yield (
-        name,
-        register_iris_version(registry.uri, name, 1.0),
-        register_iris_version(registry.uri, name, 0.05),
-    )
-
-
-def test_the_next_swap_is_served_from_the_spare_and_a_new_one_is_made(
-    registry: Registry,
-    start_sidecar: Callable[..., SidecarProcess],
-    versions: tuple[str, str, str],
-) -> None:
-    name, first, second = versions
+    first = register_iris_version(registry.uri, name, 1.0)
+    second = register_iris_version(registry.uri, name, 0.05)
     set_alias(registry.uri, name, "live", first)
     sidecar = start_sidecar(f"models:/{name}@live", "--poll-interval", "0.5")
     sidecar.wait_active(first, timeout=120)
     assert sidecar.status()["active"]["launch"] == "direct"  # nothing pre-warmed yet
     sidecar.wait_until(spare_ready, 120, "a spare")
+    yield sidecar, name, first, second
+
+
+def test_the_next_swap_is_served_from_the_spare_and_a_new_one_is_made(
+    registry: Registry,
+    spared: tuple[SidecarProcess, str, str, str],
+) -> None:
+    sidecar, name, first, second = spared
     spare = sidecar.status()["spare"]
     assert spare["rss_bytes"] > 50 * 2**20  # MLflow's scoring server imported
 
@@ -69,14 +70,9 @@ def test_the_next_swap_is_served_from_the_spare_and_a_new_one_is_made(
 
 def test_a_spare_that_dies_is_replaced_and_the_replacement_used(
     registry: Registry,
-    start_sidecar: Callable[..., SidecarProcess],
-    versions: tuple[str, str, str],
+    spared: tuple[SidecarProcess, str, str, str],
 ) -> None:
-    name, first, second = versions
-    set_alias(registry.uri, name, "live", first)
-    sidecar = start_sidecar(f"models:/{name}@live", "--poll-interval", "0.5")
-    sidecar.wait_active(first, timeout=120)
-    sidecar.wait_until(spare_ready, 120, "a spare")
+    sidecar, name, _first, second = spared
     dead = sidecar.status()["spare"]["pid"]
     os.killpg(dead, signal.SIGKILL)
     sidecar.wait_until(lambda s: spare_ready(s, other_than=dead), 120, "a replacement spare")
@@ -107,15 +103,10 @@ def changed_packages() -> Iterator[Callable[[], None]]:
 
 def test_a_stale_spare_is_never_used_and_is_replaced(
     registry: Registry,
-    start_sidecar: Callable[..., SidecarProcess],
-    versions: tuple[str, str, str],
+    spared: tuple[SidecarProcess, str, str, str],
     changed_packages: Callable[[], None],
 ) -> None:
-    name, first, second = versions
-    set_alias(registry.uri, name, "live", first)
-    sidecar = start_sidecar(f"models:/{name}@live", "--poll-interval", "0.5")
-    sidecar.wait_active(first, timeout=120)
-    sidecar.wait_until(spare_ready, 120, "a spare")
+    sidecar, name, _first, second = spared
     stale = sidecar.status()["spare"]["pid"]
     changed_packages()
     status = swap_to(sidecar, registry, name, second)

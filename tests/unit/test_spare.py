@@ -30,5 +30,7 @@ def test_only_a_direct_single_worker_start_can_use_a_spare() -> None:
     assert not SpareKeeper(WorkerSpec(), enabled=False).eligible("/models/iris")
     assert not SpareKeeper(WorkerSpec(workers=2)).eligible("/models/iris")
     assert not SpareKeeper(WorkerSpec(env_manager="uv")).eligible("/models/iris")
+    assert SpareKeeper(WorkerSpec(env_manager="uv")).status() is None  # none made at all
+    assert SpareKeeper(WorkerSpec(direct=False)).status() is None
     assert not SpareKeeper(WorkerSpec()).eligible("models:/iris/2")  # not downloaded first
     assert SpareKeeper(WorkerSpec(), enabled=False).status() is None
