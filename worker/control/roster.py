@@ -186,6 +186,11 @@ class Roster:
             self._retirements[worker] = task
         return task
 
+    def retire_failed(self, worker: Worker) -> None:
+        """A worker that died or is unfit: down at once, stopped without a drain."""
+        self.observer.worker_up(worker.slot, False)
+        self.retire(worker, drain=False)
+
     def stopped(self, worker: Worker) -> None:
         """A retired worker is gone: its slot is free."""
         self.roles.retiring.discard(worker)

@@ -296,10 +296,9 @@ class Supervisor:
         )
         self.roster.make_active(None)
         self.intent.next_cause = "restart after exit"
-        self.observer.worker_up(worker.slot, False)
         # The restart takes the other slot: no need to wait for this stop, which reaps what is
         # left of its process group.
-        self.roster.retire(worker, drain=False)
+        self.roster.retire_failed(worker)
 
     def _fall_back(self, failed: Worker, reason: str) -> None:
         """The active worker is unfit: the lingering one takes the traffic at once, and the
@@ -316,8 +315,7 @@ class Supervisor:
             failed.version,
         )
         self.intent.next_cause = f"restart after {reason}"
-        self.observer.worker_up(failed.slot, False)
-        self.roster.retire(failed, drain=False)  # the restart waits for its slot
+        self.roster.retire_failed(failed)  # the restart waits for its slot
 
     # -- swaps -------------------------------------------------------------------------------
 
