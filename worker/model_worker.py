@@ -96,6 +96,7 @@ class ModelWorker:
             self._process = spare.process
             self._process.on_line = self._note_output
             self._process.log_extra = self._log_extra
+            self._process.what = "worker"
             self._process.exited_by_itself = self._preparation.keep_for_restart
             self.launch = "spare"
             log.info(

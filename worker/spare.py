@@ -203,8 +203,9 @@ class SpareKeeper:
             environment,
             note,
             name="spare",
-            log_extra={"slot": "spare"},
+            log_extra={},  # slot and version are a worker's: a spare has neither yet
             stdin_pipe=True,
+            what="spare",
         )
         spare = Spare(process, fingerprint)
         process.spawn()

@@ -21,8 +21,9 @@ log = logging.getLogger("mlflow_bluegreen.worker")
 
 class ChildProcess:
     """Started by `spawn`; `on_line` gets each line it prints; `exited_by_itself` is called as
-    soon as its exit is reaped, unless we stopped it. Both, and `log_extra`, may be changed
-    while it runs (a spare changes hands). With `stdin_pipe`, `send` writes to its stdin."""
+    soon as its exit is reaped, unless we stopped it. Both, `log_extra` and `what` (its name in
+    the logs) may be changed while it runs (a spare changes hands). With `stdin_pipe`, `send`
+    writes to its stdin."""
 
     def __init__(
         self,
@@ -34,6 +35,7 @@ class ChildProcess:
         log_extra: Mapping[str, Any],
         exited_by_itself: Callable[[], None] | None = None,
         stdin_pipe: bool = False,
+        what: str = "worker",
     ) -> None:
         self._command = list(command)
         self._env = dict(env)
@@ -42,6 +44,7 @@ class ChildProcess:
         self.log_extra = dict(log_extra)
         self.exited_by_itself = exited_by_itself
         self._stdin_pipe = stdin_pipe
+        self.what = what  # what the logs call it
         self._popen: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.returncode: int | None = None
@@ -90,7 +93,10 @@ class ChildProcess:
             self._signal_group(signal.SIGTERM)
             if not await self._wait_group_gone(grace):
                 log.warning(
-                    "worker did not stop within %g s; killing it", grace, extra=self.log_extra
+                    "%s did not stop within %g s; killing it",
+                    self.what,
+                    grace,
+                    extra=self.log_extra,
                 )
                 self._signal_group(signal.SIGKILL)
                 await self._wait_group_gone(10.0)
@@ -162,7 +168,7 @@ class ChildProcess:
             if self.returncode is None:
                 await asyncio.sleep(0.1)
         level = logging.INFO if self.returncode in (0, -signal.SIGTERM) else logging.WARNING
-        log.log(level, "worker exited with code %s", self.returncode, extra=self.log_extra)
+        log.log(level, "%s exited with code %s", self.what, self.returncode, extra=self.log_extra)
         # Whatever the leader left behind in its group goes with it.
         if self._group_alive():
             self._signal_group(signal.SIGTERM)
