@@ -100,9 +100,9 @@ class ModelWorker:
             self._process.exited_by_itself = self._preparation.keep_for_restart
             self.launch = "spare"
             log.info(
-                "serving from the spare pid %s: %s",
-                self._process.pid,
+                "starting worker: %s (in the spare pid %s)",
                 " ".join(command),
+                self._process.pid,
                 extra=self._log_extra,
             )
             order = {
