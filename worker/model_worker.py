@@ -136,15 +136,10 @@ class ModelWorker:
         `timeout` seconds pass."""
         assert self._process is not None and self._probe is not None
         process = self._process
-        exited = asyncio.Event()
-        watch = asyncio.create_task(process.wait_exit())
-        watch.add_done_callback(lambda _task: exited.set())
         try:
-            await self._probe.wait_ready(timeout, exited, lambda: process.returncode)
+            await self._probe.wait_ready(timeout, process.exited, lambda: process.returncode)
         except ProbeFailed as error:
             raise self._failure(Step.START, str(error)) from error
-        finally:
-            watch.cancel()
 
     async def model_card(self) -> ModelCard:
         """What the version's MLmodel says; WorkerFailed if it cannot be read."""

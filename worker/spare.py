@@ -148,12 +148,11 @@ class SpareKeeper:
             return None
         info: dict[str, object] = {"used": self.used, "replaced": self.replaced}
         if spare is not None:
-            pid = spare.process.pid
             info.update(
-                pid=pid,
+                pid=spare.process.pid,
                 ready=spare.ready.is_set(),
                 alive=spare.process.alive,
-                rss_bytes=group_rss_bytes(pid) if pid and spare.process.alive else 0,
+                rss_bytes=self.rss_bytes(),
             )
         return info
 

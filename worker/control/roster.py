@@ -199,14 +199,9 @@ class Roster:
         self.observer.worker_up(worker.slot, False)
         self.observer.worker_stopped(worker)
 
-    def slot_freed(self, slot: str) -> Awaitable[Any]:
-        """Until what is retiring in `slot` is stopped."""
-        stops = [task for w, task in self._retirements.items() if w.slot == slot]
-        return asyncio.wait(stops) if stops else asyncio.sleep(0)
-
-    def all_stopped(self) -> Awaitable[Any]:
-        """Until every retiring worker is stopped."""
-        stops = list(self._retirements.values())
+    def retired(self, slot: str | None = None) -> Awaitable[Any]:
+        """Until what is retiring (in `slot`, or anywhere) is stopped."""
+        stops = [t for w, t in self._retirements.items() if slot is None or w.slot == slot]
         return asyncio.wait(stops) if stops else asyncio.sleep(0)
 
     async def close(self) -> None:

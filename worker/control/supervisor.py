@@ -347,7 +347,7 @@ class Supervisor:
         old = self.roles.active
         slot = idle_slot(self.roles, roster.last_slot)
         # A lingering worker whose time ran out may still be stopping in that slot.
-        await self._until(roster.slot_freed(slot))
+        await self._until(roster.retired(slot))
         record = SwapRecord(
             to_version=version,
             from_version=old.version if old else None,
@@ -426,7 +426,7 @@ class Supervisor:
         record.step = Step.DRAIN
         self.roster.make_active(None)
         record.drained = await self._until(self.roster.retire(old, record))
-        await self._until(self.roster.all_stopped())  # a lingering one too
+        await self._until(self.roster.retired())  # a lingering one too
 
     async def _reject(self, worker: Worker, record: SwapRecord, failure: WorkerFailed) -> None:
         # A canary may be answering requests: let them finish before the worker goes.

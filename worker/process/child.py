@@ -82,6 +82,11 @@ class ChildProcess:
     def alive(self) -> bool:
         return self._popen is not None and self.returncode is None
 
+    @property
+    def exited(self) -> asyncio.Event:
+        """Set once its exit is reaped."""
+        return self._exited
+
     async def wait_exit(self) -> int | None:
         await self._exited.wait()
         return self.returncode
