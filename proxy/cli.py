@@ -302,8 +302,68 @@ def main() -> None:
     env="canary_max_error_increase",
     default=0.01,
     type=click.FloatRange(min=0, max=1),
-    help="A canary whose share of failed requests (5xx, timeouts) exceeds the old "
-    "version's by more than this fraction is rejected.",
+    help="A new version whose share of non-2xx answers (4xx and 5xx, timeouts) exceeds the "
+    "old version's on the same traffic by more than this fraction (and by more than chance "
+    "explains) is rejected by the canary, or rolled back by --auto-rollback.",
+)
+@option(
+    "--canary-max-latency-ratio",
+    env="canary_max_latency_ratio",
+    default=2.0,
+    type=click.FloatRange(min=1, min_open=True),
+    help="A new version whose p99 latency exceeds the old version's times this is rejected "
+    "by the canary, or rolled back by --auto-rollback.",
+)
+@option(
+    "--canary-min-requests",
+    env="canary_min_requests",
+    default=20,
+    type=click.IntRange(min=1),
+    help="Answers each arm (old, new) needs before a verdict. A canary (or shadow run) with "
+    "fewer runs on, up to 3 times its seconds; then the version is promoted, and its history "
+    "says 'unjudged'.",
+)
+@option(
+    "--shadow-percent",
+    env="shadow_percent",
+    default=0.0,
+    type=click.FloatRange(min=0, max=100),
+    help="Once a new version is ready and warm, also send it a copy of this share (in %) of "
+    "live predictions for --shadow-seconds, before any canary or the switch. Clients get the "
+    "active version's answer only; the two answers are compared. 0: no shadow.",
+)
+@option(
+    "--shadow-seconds",
+    env="shadow_seconds",
+    default=30.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="How long the shadow copies go on.",
+)
+@option(
+    "--shadow-tolerance",
+    env="shadow_tolerance",
+    default=1e-6,
+    type=click.FloatRange(min=0),
+    help="Relative difference allowed between numbers in the two versions' JSON answers.",
+)
+@option(
+    "--shadow-min-agreement",
+    env="shadow_min_agreement",
+    default=0.0,
+    type=click.FloatRange(min=0, max=1),
+    help="Share of shadowed requests (0 to 1) the new version must answer as the active one "
+    "did (same status; same values), or it is rejected before taking any traffic. 0: report "
+    "only.",
+)
+@option(
+    "--auto-rollback/--no-auto-rollback",
+    env="auto_rollback",
+    default=False,
+    help="For the --linger window after each switch, compare the new version with what the "
+    "previous one answered in as long before it (non-2xx share and p99, the canary's limits); "
+    "on a regression, switch back to the lingering worker at once. The version is not tried "
+    "again until the registry names another and then it again, or POST /reload. Needs "
+    "--linger.",
 )
 @option(
     "--admin-token",
@@ -346,6 +406,11 @@ def serve(**options: Any) -> None:  # fmt: skip
 
     apply_adsp_http_options(options)
     require_token_off_loopback(options["admin_host"], options["admin_token"])
+    if options["auto_rollback"] and options["linger"] <= 0:
+        raise click.UsageError(
+            "--auto-rollback judges a new version while the previous one lingers: set "
+            "--linger to the seconds to judge it for (e.g. --linger 300)."
+        )
     worker_env = dict(os.environ)
     if options["tracking_uri"]:
         worker_env["MLFLOW_TRACKING_URI"] = options["tracking_uri"]

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..worker.control import CanaryPolicy
+from ..worker.control import CanaryPolicy, Limits, ShadowPolicy, Trials
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,13 @@ class Config:
     canary_percent: float = 0.0
     canary_seconds: float = 60.0
     canary_max_error_increase: float = 0.01
+    canary_max_latency_ratio: float = 2.0
+    canary_min_requests: int = 20
+    shadow_percent: float = 0.0
+    shadow_seconds: float = 30.0
+    shadow_tolerance: float = 1e-6
+    shadow_min_agreement: float = 0.0
+    auto_rollback: bool = False
     swap_policy: str = "availability"
     memory_limit: int | None = None  # bytes; None: the cgroup's memory.max
     direct_start: bool = True  # the scoring server without the CLI process (spec.py)
@@ -46,9 +53,25 @@ class Config:
     # The environment workers start from: the sidecar's own, before it tuned its registry client.
     worker_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
-    def canary_policy(self) -> CanaryPolicy | None:
-        if self.canary_percent <= 0:
-            return None
-        return CanaryPolicy(
-            self.canary_percent, self.canary_seconds, self.canary_max_error_increase
+    def limits(self) -> Limits:
+        """What a new version is judged by against the old one: canary and rollback."""
+        return Limits(
+            self.canary_max_error_increase,
+            self.canary_max_latency_ratio,
+            self.canary_min_requests,
         )
+
+    def trials(self) -> Trials:
+        canary = shadow = None
+        if self.canary_percent > 0:
+            canary = CanaryPolicy(self.canary_percent, self.canary_seconds, self.limits())
+        if self.shadow_percent > 0:
+            shadow = ShadowPolicy(
+                self.shadow_percent,
+                self.shadow_seconds,
+                tolerance=self.shadow_tolerance,
+                min_agreement=self.shadow_min_agreement,
+                min_pairs=self.canary_min_requests,
+            )
+        after_switch = self.limits() if self.auto_rollback and self.linger > 0 else None
+        return Trials(shadow, canary, after_switch)

@@ -70,7 +70,7 @@ class Sidecar:
             drain_timeout=config.drain_timeout,
             linger=config.linger,
             crash_window=config.crash_window,
-            canary=config.canary_policy(),
+            trials=config.trials(),
             allow_signature_change=config.allow_signature_change,
             swap_policy=SwapPolicy(config.swap_policy),
             memory_headroom=lambda: memory_headroom(config.memory_limit, self._memory_in_use),

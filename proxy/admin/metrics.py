@@ -85,8 +85,32 @@ class Metrics:
         self.active_version.set(math.nan)
         for slot in SLOTS:
             self.workers_up.labels(slot).set(0)
-        for result in ("succeeded", "failed", "blocked"):
+        for result in ("succeeded", "failed", "blocked", "rolled_back"):
             self.swaps.labels(result)
+        self.shadow = Counter(
+            PREFIX + "shadow_requests",
+            "Shadow copies of live predictions sent to a new version before its switch, by "
+            "outcome: agreed or disagreed with the active version's answer, or dropped (the new "
+            "worker had as many copies as it may). Not in the client-facing request metrics.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("agreed", "disagreed", "dropped"):
+            self.shadow.labels(outcome)
+        self.verdict_agreement = Gauge(
+            PREFIX + "last_shadow_agreement_ratio",
+            "Share of shadowed requests the last shadowed version answered as the active "
+            "version did (NaN before any shadow run).",
+            registry=registry,
+        )
+        self.verdict_latency = Gauge(
+            PREFIX + "last_verdict_latency_ratio",
+            "The last new version's p99 latency over the old version's, by what judged it: "
+            "shadow, canary or after_switch (the automatic rollback's comparison).",
+            ["judged_by"],
+            registry=registry,
+        )
+        self.verdict_agreement.set(math.nan)
         # Label lookups cost more than the increment: keep the children we have seen.
         self._request_children: dict[tuple[str, int], Counter] = {}
 
@@ -104,6 +128,18 @@ class Metrics:
         self.swaps.labels(record.result).inc()
         if record.seconds is not None:
             self.swap_duration.observe(record.seconds)
+        if record.shadow is not None and record.shadow.get("agreement") is not None:
+            self.verdict_agreement.set(record.shadow["agreement"])
+        for judged_by, figures in (
+            ("shadow", record.shadow),
+            ("canary", record.canary),
+            ("after_switch", record.after_switch),
+        ):
+            if figures and figures.get("latency_ratio") is not None:
+                self.verdict_latency.labels(judged_by).set(figures["latency_ratio"])
+
+    def shadow_outcome(self, outcome: str) -> None:
+        self.shadow.labels(outcome).inc()
 
     def active_changed(self, worker: Worker | None) -> None:
         self.active_info.clear()
@@ -149,9 +185,33 @@ class WorkerCollector(Collector):
             "Requests each running worker answered with a 5xx or not in time, since it started.",
             labels=labels,
         )
+        by_class = CounterMetricFamily(
+            PREFIX + "worker_answers",
+            "Requests each running worker answered, since it started, by status class (2xx, "
+            "4xx, 5xx with the sidecar's 502 and 504, other): what a canary compares.",
+            labels=[*labels, "class"],
+        )
+        latency = GaugeMetricFamily(
+            PREFIX + "worker_latency_seconds",
+            "Each running worker's answer time since it started, at quantiles 0.5 and 0.99 "
+            "(upper bound of a 20 % wide bucket): what a canary compares.",
+            labels=[*labels, "quantile"],
+        )
         for role, worker in self._workers():
             values = [worker.slot, worker.version, role]
+            tally = worker.in_flight
             rss.add_metric(values, worker.rss_bytes())
-            answered.add_metric(values, worker.in_flight.answered)
-            failed.add_metric(values, worker.in_flight.failed)
-        yield from (rss, answered, failed)
+            answered.add_metric(values, tally.answered)
+            failed.add_metric(values, tally.failed)
+            counts = tally.counts()
+            for name, count in (
+                ("2xx", counts.ok),
+                ("4xx", counts.client_errors),
+                ("5xx", counts.server_errors),
+                ("other", counts.other),
+            ):
+                by_class.add_metric([*values, name], count)
+            for q in (0.5, 0.99):
+                seconds = counts.quantile(q)
+                latency.add_metric([*values, str(q)], math.nan if seconds is None else seconds)
+        yield from (rss, answered, failed, by_class, latency)

@@ -18,8 +18,10 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from ...worker.control.shadow import Reply, ShadowPair
 from ...worker.control.worker import Worker
 from . import answers, rules
+from .forward import decoded
 from .upstream import BrokenResponse, CutShort, StaleConnection, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ class Exchange:
         "chunked",
         "close_after",
         "complete",
+        "entered",
         "head",
         "head_sent",
         "headers",
@@ -62,6 +65,8 @@ class Exchange:
         "model_version",
         "out",
         "retried",
+        "shadow",
+        "shadow_body",
         "started",
         "status",
         "upstream",
@@ -83,10 +88,13 @@ class Exchange:
         self.http11 = True
         # Its way
         self.started = 0.0
+        self.entered = 0.0  # when its worker took it
         self.worker: Worker | None = None
         self.upstream: UpstreamConnection | None = None
         self.retried = False  # this is the one retry on a new connection
         self._task: asyncio.Task[None] | None = None
+        self.shadow: ShadowPair | None = None  # its copy to a version under shadow
+        self.shadow_body: bytes | None = None  # the answer's body, held whole, for the pair
         # Its answer
         self.status = rules.CLIENT_GONE  # until it is answered
         self.model_version = b""
@@ -121,6 +129,8 @@ class Exchange:
         self.started = time.perf_counter()
         self.body = [b"".join(self.body)] if len(self.body) > 1 else self.body
         client = self._client
+        if client.forwarder.shadowing:
+            self._copy_to_shadow()
         worker = client.forwarder.serving_now() if self.head.version is None else None
         if worker is not None:
             connection = client.port.pools.raw(worker).idle()
@@ -129,6 +139,16 @@ class Exchange:
                 self._send(connection, retried=False)
                 return
         self._wait(self._route_and_send(worker))
+
+    def _copy_to_shadow(self) -> None:
+        self.shadow = self._client.forwarder.shadow_copy(
+            self.method,
+            path=self._path(),
+            target=self.url.decode("latin-1"),
+            version=self.head.version,
+            headers=lambda: decoded(self.head.kept),
+            body=self.body[0] if self.body else b"",
+        )
 
     def _wait(self, steps: Awaitable[None]) -> None:
         self._task = self._client.loop.create_task(self._guarded(steps))
@@ -160,6 +180,7 @@ class Exchange:
         # Counted before anything is sent: a swap that switches away from this worker now will
         # wait for this request before stopping it.
         worker.in_flight.enter()
+        self.entered = time.perf_counter()
         self.worker = worker
 
     async def _connect_and_send(self, retried: bool) -> None:
@@ -187,7 +208,7 @@ class Exchange:
     async def _moved_off(self, gone: Worker, reason: str) -> bool:
         """The request got no answer from `gone`, which died: hold it for the worker that
         replaces it (True), or answer 502 when none comes (False)."""
-        gone.in_flight.leave(True)
+        gone.in_flight.leave(502, time.perf_counter() - self.entered)
         self.worker = None
         replacement = await self._client.forwarder.replacement(self._path(), gone, self._version())
         if replacement is None:
@@ -242,7 +263,7 @@ class Exchange:
         connection, self.upstream = self.upstream, None
         assert connection is not None
         connection.pool.release(connection)
-        self._finish(failed=rules.counts_against_worker(status))
+        self._finish(failed=False)  # whatever its status: that is what the worker said
 
     def exchange_failed(self, error: Exception) -> None:
         self.upstream = None
@@ -291,11 +312,14 @@ class Exchange:
 
     def _finish(self, failed: bool) -> None:
         worker, self.worker = self.worker, None
+        now = time.perf_counter()
         if worker is not None:
-            worker.in_flight.leave(failed)
+            worker.in_flight.leave(rules.worker_status(self.status, failed), now - self.entered)
         self._task = None
         client = self._client
-        seconds = time.perf_counter() - self.started
+        seconds = now - self.started
+        if self.shadow is not None and self.status != rules.CLIENT_GONE:
+            self.shadow.primary_answered(Reply(self.status, self.shadow_body, seconds))
         method = self.method
         name = _METHODS.get(method) or _METHODS.setdefault(method, method.decode("ascii"))
         client.forwarder.observe(name, self.status, seconds)
@@ -365,6 +389,8 @@ class Exchange:
     def response_end(self) -> None:
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
+        if self.shadow is not None and self.holding:
+            self.shadow_body = b"".join(self.out[1:])  # what follows the head
         self.holding = False
         self.response_flush()
 

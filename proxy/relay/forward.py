@@ -8,7 +8,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -16,9 +16,11 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
+from ...worker.control.shadow import Reply, ShadowPair, ShadowRun
 from ...worker.control.worker import Worker
 from . import answers, errors, rules
 from .pools import Pools
+from .shadow import Shadower
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,17 @@ RequestObserver = Callable[[str, int, float], None]
 """(method, status, seconds) for every request answered."""
 
 
+class RolesRead(rules.RoleView[Worker], Protocol):
+    @property
+    def shadow(self) -> ShadowRun | None:
+        """The shadow run, while copies of live predictions go to a new version."""
+
+
 class Supervision(Protocol):
     """What the relay reads of the supervisor."""
 
     @property
-    def roles(self) -> rules.RoleView[Worker]: ...
+    def roles(self) -> RolesRead: ...
     @property
     def served(self) -> bool: ...
     async def wait_for_worker(
@@ -43,12 +51,16 @@ class Supervision(Protocol):
     def workers(self) -> list[tuple[str, Worker]]: ...
 
 
-def _decoded(headers: rules.Headers) -> CIMultiDict[str]:
+def decoded(headers: rules.Headers) -> CIMultiDict[str]:
     """Headers as aiohttp's parser gives them."""
     return CIMultiDict(
         (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         for name, value in headers
     )
+
+
+def _bytes(body: object) -> bytes | None:
+    return body if isinstance(body, bytes) else None
 
 
 def version_text(head: rules.RequestHead) -> str | None:
@@ -120,6 +132,7 @@ class Forwarder:
         # Connections to the workers, for both paths; `read_timeout` bounds each wait for a
         # worker's next bytes.
         self.pools = Pools(read_timeout, lambda: (w for _role, w in supervisor.workers()))
+        self.shadower = Shadower(self.pools)
         # Set on SIGTERM: /ping and /health say 503 so load balancers stop sending, and every
         # response closes its connection so clients reconnect to another replica.
         self.closing = False
@@ -155,7 +168,7 @@ class Forwarder:
             # aiohttp's low-level server (ours) leaves this to the handler.
             await request.writer.write(rules.CONTINUE)
             request.writer.output_size = 0
-        headers = _decoded(head.kept)
+        headers = decoded(head.kept)
         try:
             data = await self._body(request, headers)
         except TimeoutError:
@@ -167,9 +180,23 @@ class Forwarder:
         if isinstance(chosen, answers.Answer):
             return errors.response(chosen)
         worker = chosen
+        pair = self.shadow_copy(
+            request.method,
+            path=request.path,
+            target=target,
+            version=version,
+            headers=lambda: headers,
+            body=data,
+        )
+        began = time.perf_counter()
         while True:
             try:
-                return await self._forward(request, target, worker, headers, data)
+                response = await self._forward(request, target, worker, headers, data)
+                if pair is not None:
+                    body = response.body if isinstance(response, web.Response) else None
+                    seconds = time.perf_counter() - began
+                    pair.primary_answered(Reply(response.status, _bytes(body), seconds))
+                return response
             except _WorkerGone as error:
                 # The request never reached a worker: hold it for the restarted one.
                 replacement = await self.replacement(request.path, worker, version)
@@ -178,6 +205,34 @@ class Forwarder:
                 worker = replacement
             except _BodyTooLarge:
                 return errors.response(answers.body_too_large(self.max_body_size))
+
+    def shadow_copy(
+        self,
+        method: str | bytes,
+        *,
+        path: str,
+        target: str,
+        version: str | bytes | None,
+        headers: Callable[[], Mapping[str, str]],
+        body: bytes | StreamedBody | None,
+    ) -> ShadowPair | None:
+        """A copy of a request for the version under shadow, if one is and the rules say so."""
+        run: ShadowRun | None = self._supervisor.roles.shadow
+        if run is None or not isinstance(body, bytes):
+            return None
+        return self.shadower.copy(
+            run,
+            method=method,
+            path=path,
+            target=target,
+            version=version,
+            headers=headers,
+            body=body,
+        )
+
+    @property
+    def shadowing(self) -> bool:
+        return self._supervisor.roles.shadow is not None
 
     def serving_now(self) -> Worker | None:
         """The worker for a request that names no version, when one is ready now."""
@@ -273,7 +328,9 @@ class Forwarder:
         # Counted before the first await: a swap that switches away from this worker now will
         # wait for this request before stopping it.
         worker.in_flight.enter()
-        failed = True  # unless an answer below says otherwise: counts against a canary
+        entered = time.perf_counter()
+        status = 502  # unless an answer below says otherwise: the worker failed it
+        failed = True
         try:
             retried = False
             while True:
@@ -295,6 +352,7 @@ class Forwarder:
                         response, failed = await self._relay(request, upstream, worker, replayable)
                     finally:
                         upstream.release()
+                    status = response.status
                     return response
                 outcome = await self.after_failure(
                     worker,
@@ -312,12 +370,16 @@ class Forwarder:
                     if failure is not rules.Failure.CONNECT:
                         reason = f"worker exited: {reason}"
                     raise _WorkerGone(reason)
-                return errors.response(rules.failure_answer(outcome, reason, self.max_body_size))
+                answer = rules.failure_answer(outcome, reason, self.max_body_size)
+                status = answer.status
+                return errors.response(answer)
         except asyncio.CancelledError:
-            failed = False  # the client went away: not the worker's fault
+            status, failed = rules.CLIENT_GONE, False  # the client went away: nobody's verdict
             raise
         finally:
-            worker.in_flight.leave(failed)
+            worker.in_flight.leave(
+                rules.worker_status(status, failed), time.perf_counter() - entered
+            )
 
     async def _relay(
         self,
@@ -326,9 +388,10 @@ class Forwarder:
         worker: Worker,
         replayable: bool,
     ) -> tuple[web.StreamResponse, bool]:
-        """The worker's answer, relayed; and whether it counts as the worker's failure."""
+        """The worker's answer, relayed; and whether the worker broke it off (rules.worker_status
+        counts that as a 502, whatever its status)."""
         head = rules.response_head(upstream.raw_headers)
-        headers = _decoded(head.kept)
+        headers = decoded(head.kept)
         headers[VERSION_HEADER] = worker.version
         if rules.hold_whole(upstream.content_length, upstream.status, request.method == "HEAD"):
             # A small answer of known size: one write of headers and body, no chunk loop.
@@ -357,7 +420,7 @@ class Forwarder:
             answer = web.Response(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body
             )
-            return answer, rules.counts_against_worker(answer.status)
+            return answer, False
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         if rules.closes_connection(True, self.closing):  # aiohttp sees to the client's own
@@ -373,4 +436,4 @@ class Forwarder:
                 request.transport.close()
             return response, True  # a cut answer is the worker's failure, whatever its status
         await response.write_eof()
-        return response, rules.counts_against_worker(response.status)
+        return response, False

@@ -74,4 +74,5 @@ class PublicPort:
         for connection in list(self.connections):
             connection.abort()
         await self.handover.shutdown(timeout)
+        await self.forwarder.shadower.close()
         await self.pools.close()

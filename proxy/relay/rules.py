@@ -315,6 +315,22 @@ def pinned(roles: RoleView[W], version: str) -> W | None:
     return None
 
 
+def shadowed(
+    share: float,
+    method: str | bytes,
+    *,
+    path: str,
+    version: str | bytes | None,
+    body_size: int,
+    draw: Callable[[], float],
+) -> bool:
+    """Whether a copy of a request also goes to the version under shadow (shadow.ShadowRun):
+    a prediction that names no version, whose body is held whole (it is sent twice), drawn
+    under `share`. `draw` is called for such requests only."""
+    posted = method in ("POST", b"POST") and path == "/invocations" and version is None
+    return posted and body_size <= REPLAYABLE_BODY and draw() < share
+
+
 def may_hold(path: str, served: bool) -> bool:
     """Whether a request may wait for a worker: never before the first worker was ready (a
     sidecar still starting says so at once) and never a health check."""
@@ -416,10 +432,13 @@ def failure_answer(outcome: Outcome, reason: str, max_body_size: int) -> Answer:
     return upstream_failed(reason)
 
 
-def counts_against_worker(status: int) -> bool:
-    """An answer that counts as its worker's failure (a canary is judged by these). A client
-    that went away (499) is not the worker's doing."""
-    return status >= 500
+def worker_status(status: int, failed: bool) -> int | None:
+    """What a request counts as in its worker's tally (InFlight.leave): its status; 502 for an
+    answer the worker broke off (`failed`, its status still that of a success); None when the
+    client went away before the answer, which is no verdict on the worker."""
+    if status == CLIENT_GONE:
+        return None
+    return 502 if failed and status < 500 else status
 
 
 # -- the answer's framing -------------------------------------------------------------------

@@ -203,11 +203,11 @@ def test_a_canary_that_fails_live_traffic_is_rejected_and_a_good_one_promoted(
     assert record["result"] == "failed" and record["error"].startswith("canary:")
     canary = record["canary"]
     assert canary["passed"] is False and canary["new"]["error_rate"] == 1.0
-    assert canary["old"]["failed"] == 0 and canary["old"]["answered"] > 0
+    assert canary["old"]["5xx"] == 0 and canary["old"]["answered"] > 0
     # Only the canary's share failed, and it was all that failed.
     failures = result.failures
     assert {o.version for o in failures} == {bad}
-    assert len(failures) == canary["new"]["failed"]
+    assert len(failures) == canary["new"]["5xx"]
     share = canary["new"]["answered"] / (canary["new"]["answered"] + canary["old"]["answered"])
     assert 0.15 < share < 0.45, share
     assert sidecar.status()["active"]["version"] == first

@@ -17,7 +17,7 @@ FRAMINGS = {
     "fast path": b"Content-Length: 3\r\n\r\n1,2",
     "aiohttp path": b"Transfer-Encoding: chunked\r\n\r\n3\r\n1,2\r\n0\r\n\r\n",
 }
-ASKED = ("request_head", "response_head", "hold_whole", "route", "counts_against_worker")
+ASKED = ("request_head", "response_head", "hold_whole", "route", "worker_status")
 
 
 @pytest.mark.parametrize("framing", FRAMINGS.values(), ids=FRAMINGS.keys())

@@ -18,10 +18,12 @@ from mlflow_bluegreen.worker.control import (
     SwapRecord,
     Worker,
 )
-from mlflow_bluegreen.worker.control.canary import Counts, judge
+from mlflow_bluegreen.worker.control.canary import judge
+from mlflow_bluegreen.worker.control.compare import Limits, Verdict
 from mlflow_bluegreen.worker.control.events import Exited, Inbox, Stopped, Wake
 from mlflow_bluegreen.worker.control.failures import Failures
 from mlflow_bluegreen.worker.control.intent import Intent
+from mlflow_bluegreen.worker.control.tally import BUCKETS, Counts, bucket_of
 from mlflow_bluegreen.worker.control.targets import idle_slot, next_target
 
 from .fakes import Fleet, Plan
@@ -71,7 +73,14 @@ def test_a_new_worker_goes_in_the_slot_the_active_or_last_one_is_not_in() -> Non
     assert idle_slot(_roles(), last_slot=None) == "blue"
 
 
-POLICY = CanaryPolicy(percent=10, seconds=5, max_error_increase=0.05)
+POLICY = CanaryPolicy(percent=10, seconds=5, limits=Limits(max_error_increase=0.05))
+
+
+def arm(answered: int, failed: int, seconds: float = 0.003) -> Counts:
+    """`answered` answers, `failed` of them 5xx, all in `seconds`."""
+    latency = [0] * BUCKETS
+    latency[bucket_of(seconds)] = answered
+    return Counts(ok=answered - failed, server_errors=failed, latency=tuple(latency))
 
 
 def verdict(old_arm: Counts, new_arm: Counts, **exits: bool) -> Any:
@@ -87,29 +96,40 @@ def verdict(old_arm: Counts, new_arm: Counts, **exits: bool) -> Any:
 
 
 def test_the_canary_passes_within_the_allowed_increase_and_fails_beyond_it() -> None:
-    passed = verdict(Counts(100, 1), Counts(100, 5))
-    assert passed.passed and passed.reason is None
+    passed = verdict(arm(100, 1), arm(100, 5))
+    assert passed.verdict is Verdict.PASSED and passed.reason is None
+    assert passed.figures["passed"] is True
     assert passed.figures["new"] == {
-        "answered": 100,
-        "failed": 5,
         "version": "2",
+        "answered": 100,
+        "2xx": 95,
+        "4xx": 0,
+        "5xx": 5,
         "error_rate": 0.05,
+        "p50_ms": passed.figures["new"]["p50_ms"],
+        "p99_ms": passed.figures["new"]["p99_ms"],
     }
-    failed = verdict(Counts(100, 1), Counts(100, 7))
-    assert not failed.passed
-    assert failed.reason == "failed 7.0% of 100 requests against 1.0% on version 1 (allowed: +5.0%)"
+    failed = verdict(arm(100, 1), arm(100, 12))
+    assert failed.verdict is Verdict.REJECTED and failed.figures["passed"] is False
+    assert failed.reason == (
+        "12.0% of 100 answers were not 2xx (0 4xx, 12 5xx) against 1.0% on version 1 "
+        "(allowed: +5.0%)"
+    )
 
 
 def test_a_canary_that_exits_fails_and_an_old_worker_that_exits_ends_it_early() -> None:
-    exited = verdict(Counts(10, 0), Counts(0, 0), new=True)
-    assert not exited.passed and exited.reason == "the new worker exited during the canary"
-    early = verdict(Counts(10, 0), Counts(3, 0), old=True)
-    assert early.passed and early.figures["ended_early"] == "the old worker exited"
+    exited = verdict(arm(30, 0), arm(0, 0), new=True)
+    assert exited.verdict is Verdict.REJECTED
+    assert exited.reason == "the new worker exited during the canary"
+    early = verdict(arm(30, 0), arm(25, 0), old=True)
+    assert (
+        early.verdict is Verdict.PASSED and early.figures["ended_early"] == "the old worker exited"
+    )
 
 
 def test_counts_since_a_moment_and_an_unanswered_arm_has_no_error_rate() -> None:
-    assert Counts(12, 3).since(Counts(2, 1)) == Counts(10, 2)
-    assert Counts(0, 0).error_rate == 0.0
+    assert arm(12, 3).since(arm(2, 1)) == arm(10, 2)
+    assert Counts().error_rate == 0.0
 
 
 def test_two_early_exits_in_a_row_make_a_crash_loop_a_long_run_between_does_not() -> None:

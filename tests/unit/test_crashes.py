@@ -12,7 +12,7 @@ import pytest
 from mlflow.types import ColSpec, Schema
 
 from mlflow_bluegreen.proxy.relay import rules
-from mlflow_bluegreen.worker.control import CanaryPolicy, Supervisor
+from mlflow_bluegreen.worker.control import CanaryPolicy, Supervisor, Trials
 
 from .fakes import Fleet, Plan
 from .test_swap import active_version, running, until
@@ -77,7 +77,7 @@ async def test_a_crash_does_not_let_a_version_past_the_signature_guard() -> None
 async def test_the_old_worker_dying_during_a_canary_ends_it_at_once() -> None:
     fleet = Fleet()
     policy = CanaryPolicy(percent=10, seconds=30)
-    async with running(make(fleet, canary=policy)) as supervisor:
+    async with running(make(fleet, trials=Trials(canary=policy))) as supervisor:
         supervisor.want("1")
         await until(lambda: active_version(supervisor) == "1")
         supervisor.want("2")

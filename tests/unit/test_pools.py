@@ -54,7 +54,7 @@ async def test_pools_of_workers_the_supervisor_no_longer_runs_are_dropped_on_a_n
     assert len(pools) == 3  # busy, live and the new one
     assert all(session.closed for session in sessions[old])
     assert not any(session.closed for session in sessions[busy] + sessions[live])
-    busy.in_flight.leave(False)
+    busy.in_flight.leave(200)
     newer = Worker("http://127.0.0.1:9005")
     running.append(newer)
     pools.for_worker(newer)  # type: ignore[arg-type]

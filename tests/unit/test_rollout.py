@@ -11,7 +11,7 @@ import pytest
 from mlflow.types import ColSpec, Schema
 
 from mlflow_bluegreen.proxy.relay import rules
-from mlflow_bluegreen.worker.control import CanaryPolicy, NoRollback, Supervisor
+from mlflow_bluegreen.worker.control import CanaryPolicy, Limits, NoRollback, Supervisor, Trials
 
 from .fakes import Fleet, Plan
 from .test_swap import active_version, running, until
@@ -171,14 +171,14 @@ async def answer(supervisor: Supervisor, requests: int, fail_version: str | None
         worker = rules.route(supervisor.roles, random.random)
         assert worker is not None
         worker.in_flight.enter()
-        worker.in_flight.leave(failed=worker.version == fail_version)
+        worker.in_flight.leave(500 if worker.version == fail_version else 200, 0.003)
         await asyncio.sleep(0)
 
 
 async def test_a_canary_that_fails_more_is_rejected() -> None:
     fleet = Fleet()
-    policy = CanaryPolicy(percent=50, seconds=0.2, max_error_increase=0.05)
-    async with running(make(fleet, canary=policy)) as supervisor:
+    policy = CanaryPolicy(percent=50, seconds=0.2, limits=Limits(max_error_increase=0.05))
+    async with running(make(fleet, trials=Trials(canary=policy))) as supervisor:
         supervisor.want("1")
         await until(lambda: active_version(supervisor) == "1")
         supervisor.want("2")
@@ -196,7 +196,7 @@ async def test_a_canary_that_fails_more_is_rejected() -> None:
 async def test_a_healthy_canary_is_promoted() -> None:
     fleet = Fleet()
     policy = CanaryPolicy(percent=20, seconds=0.2)
-    async with running(make(fleet, canary=policy)) as supervisor:
+    async with running(make(fleet, trials=Trials(canary=policy))) as supervisor:
         supervisor.want("1")
         await until(lambda: active_version(supervisor) == "1")
         supervisor.want("2")

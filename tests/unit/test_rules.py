@@ -333,10 +333,13 @@ def test_failure_answers_are_mlflow_shaped() -> None:
     assert too_large.status == 413 and "10 bytes" in json.loads(too_large.body)["message"]
 
 
-def test_only_server_errors_count_against_a_worker() -> None:
-    assert rules.counts_against_worker(500) and rules.counts_against_worker(502)
-    assert not rules.counts_against_worker(404)
-    assert not rules.counts_against_worker(rules.CLIENT_GONE)
+def test_a_worker_is_tallied_by_its_status_a_broken_answer_as_a_502_a_gone_client_not() -> None:
+    assert rules.worker_status(200, failed=False) == 200
+    assert rules.worker_status(404, failed=False) == 404
+    assert rules.worker_status(503, failed=True) == 503
+    assert rules.worker_status(200, failed=True) == 502  # cut off after its head went out
+    assert rules.worker_status(rules.CLIENT_GONE, failed=False) is None
+    assert rules.worker_status(rules.CLIENT_GONE, failed=True) is None
 
 
 # -- the answer's framing --------------------------------------------------------------------

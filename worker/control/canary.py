@@ -2,47 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-from .inflight import InFlight
+from .compare import Comparison, Limits, Verdict, compare
+from .tally import Counts
+
+MAX_RUN = 3.0
+"""A canary with too few answers to judge runs on, up to this many times its `seconds`."""
 
 
 @dataclass(frozen=True)
 class CanaryPolicy:
-    """Send `percent` % of live traffic to a ready new version for `seconds` before switching;
-    reject it if its share of failed answers exceeds the old worker's by more than
-    `max_error_increase` (a fraction: 0.01 is one percentage point)."""
+    """Send `percent` % of live traffic to a ready new version for `seconds` before switching,
+    and compare the two arms (compare.py); reject the new version on a regression."""
 
     percent: float
     seconds: float
-    max_error_increase: float = 0.01
-
-
-@dataclass(frozen=True)
-class Counts:
-    """A worker's answered and failed requests at one moment."""
-
-    answered: int
-    failed: int
-
-    @classmethod
-    def of(cls, in_flight: InFlight) -> Counts:
-        return cls(in_flight.answered, in_flight.failed)
-
-    def since(self, before: Counts) -> Counts:
-        return Counts(self.answered - before.answered, self.failed - before.failed)
-
-    @property
-    def error_rate(self) -> float:
-        return self.failed / self.answered if self.answered else 0.0
-
-
-@dataclass(frozen=True)
-class Verdict:
-    passed: bool
-    figures: dict[str, Any]  # for the swap's history
-    reason: str | None  # why it failed
+    limits: Limits = field(default_factory=Limits)
 
 
 def judge(
@@ -54,35 +30,16 @@ def judge(
     new_version: str,
     new_exited: bool,
     old_exited: bool,
-) -> Verdict:
-    """`old` and `new`: what each answered during the canary."""
-    worse_by = new.error_rate - old.error_rate
-    passed = not new_exited and worse_by <= policy.max_error_increase
-    figures: dict[str, Any] = {
-        "percent": policy.percent,
-        "seconds": policy.seconds,
-        "old": _arm(old, old_version),
-        "new": _arm(new, new_version),
-        "passed": passed,
-    }
+) -> Comparison:
+    """`old` and `new`: what each answered during the canary. A new worker that exited is
+    rejected whatever it answered; too few answers: UNJUDGED, and the version is promoted."""
+    comparison = compare(policy.limits, old, new, old_version=old_version, new_version=new_version)
+    figures = {"percent": policy.percent, "seconds": policy.seconds, **comparison.figures}
     if old_exited and not new_exited:
         figures["ended_early"] = "the old worker exited"
-    reason = None
     if new_exited:
         reason = "the new worker exited during the canary"
-    elif not passed:
-        reason = (
-            f"failed {new.error_rate:.1%} of {new.answered} requests against "
-            f"{old.error_rate:.1%} on version {old_version} (allowed: "
-            f"+{policy.max_error_increase:.1%})"
-        )
-    return Verdict(passed, figures, reason)
-
-
-def _arm(counts: Counts, version: str) -> dict[str, Any]:
-    return {
-        "answered": counts.answered,
-        "failed": counts.failed,
-        "version": version,
-        "error_rate": round(counts.error_rate, 4),
-    }
+        figures.update(verdict=str(Verdict.REJECTED), reason=reason)
+        comparison = Comparison(Verdict.REJECTED, reason, figures)
+    figures["passed"] = comparison.verdict is not Verdict.REJECTED
+    return Comparison(comparison.verdict, comparison.reason, figures)

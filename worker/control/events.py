@@ -7,6 +7,8 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
+from .compare import Comparison
+from .record import SwapRecord
 from .worker import Worker
 
 
@@ -46,11 +48,21 @@ class RollbackAsked:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """The active worker's answers since its switch, against what the lingering one answered
+    before it: a regression (REJECTED), or the verdict at the end of the linger."""
+
+    worker: Worker
+    comparison: Comparison
+    record: SwapRecord  # of the swap that switched to it
+
+
+@dataclass(frozen=True)
 class Wake:
     """Something the loop decides on changed (the wanted version, a pin, a backoff)."""
 
 
-Event = Exited | Unhealthy | LingerOver | Stopped | RollbackAsked | Wake
+Event = Exited | Unhealthy | LingerOver | Stopped | RollbackAsked | Judged | Wake
 
 
 class Inbox:

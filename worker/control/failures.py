@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,22 @@ class Failures:
         self._failed[version] = Failure(backoff, time.monotonic() + delay, error)
         return delay
 
+    def rolled_back(self, version: str, error: str) -> None:
+        """`version` served worse than the one before it and was rolled back: not tried again
+        until the registry names another version and then this one again (registry_named),
+        or an operator asks (clear)."""
+        previous = self._failed.get(version)
+        backoff = previous.backoff if previous else Backoff(self._retry_base, self._retry_cap)
+        backoff.next_delay()  # one more attempt, for /status
+        self._failed[version] = Failure(backoff, math.inf, error)
+
+    def registry_named(self, version: str) -> None:
+        """The registry names `version`: a rolled-back other version may be tried again
+        should the registry name it later."""
+        for other, failure in list(self._failed.items()):
+            if other != version and math.isinf(failure.retry_at):
+                del self._failed[other]
+
     def exited(self, version: str, code: int | None, served: float) -> None:
         """Count an exit of the active worker `served` seconds after it took traffic. The first
         is restarted at once like any crash; from the second in a row the version backs off
@@ -90,6 +107,14 @@ class Failures:
         failure = self._failed.get(version)
         if failure is None:
             return None
+        if math.isinf(failure.retry_at):
+            return {
+                "attempts": failure.backoff.attempts,
+                "retry_in": None,
+                "retry_when": "the registry names another version and then this one again, "
+                "or POST /reload",
+                "error": failure.error,
+            }
         return {
             "attempts": failure.backoff.attempts,
             "retry_in": max(0.0, round(failure.retry_at - time.monotonic(), 1)),

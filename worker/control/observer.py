@@ -18,6 +18,9 @@ class SwapObserver(Protocol):
     def worker_stopped(self, worker: Worker) -> None:
         """The worker is stopped and reaped: nothing will reach it at its address again."""
 
+    def shadow_outcome(self, outcome: str) -> None:
+        """A shadow copy was agreed, disagreed or dropped (shadow.ShadowRun)."""
+
 
 class NoObserver:
     def swap_finished(self, record: SwapRecord) -> None:
@@ -30,6 +33,9 @@ class NoObserver:
         pass
 
     def worker_stopped(self, worker: Worker) -> None:
+        pass
+
+    def shadow_outcome(self, outcome: str) -> None:
         pass
 
 
@@ -54,3 +60,7 @@ class Observers:
     def worker_stopped(self, worker: Worker) -> None:
         for observer in self._observers:
             observer.worker_stopped(worker)
+
+    def shadow_outcome(self, outcome: str) -> None:
+        for observer in self._observers:
+            observer.shadow_outcome(outcome)

@@ -23,6 +23,7 @@ class Step(StrEnum):
     SIGNATURE = "signature"
     READY = "ready"  # the boot, up to GET /ping 200
     WARM_UP = "warm_up"
+    SHADOW = "shadow"  # copies of live requests, answers compared only
     CANARY = "canary"
     SWITCH = "switch"
     LINGER = "linger"
@@ -37,6 +38,7 @@ class Result(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     BLOCKED = "blocked"  # its input signature would break callers: not retried soon
+    ROLLED_BACK = "rolled_back"  # back to the lingering version: the new one served worse
 
 
 class WorkerFailed(Exception):
@@ -64,6 +66,10 @@ class SwapRecord:
     seconds: float | None = None
     drained: bool | None = None
     canary: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None
+    # The new version's first linger against the old one's last (automatic rollback), or for
+    # a rollback, what it was rolled back on.
+    after_switch: dict[str, Any] | None = None
     policy: dict[str, str] | None = None  # how room was made for the new version, and why
     began: float = field(default_factory=time.monotonic, repr=False)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .shadow import ShadowRun
 from .worker import Worker
 
 SLOTS = ("blue", "green")
@@ -34,6 +35,7 @@ class Roles:
     lingering: Worker | None = None
     lingering_until: float | None = None  # wall clock
     starting: Worker | None = None
+    shadow: ShadowRun | None = None  # copies of live requests go to its worker (`starting`)
     # Until they are gone their slot is busy and close() still owes them a stop.
     retiring: set[Worker] = field(default_factory=set)
 
@@ -78,6 +80,9 @@ class Roles:
             "active": _describe(self.active, since=self.active_since),
             "lingering": _describe(self.lingering, until=self.lingering_until),
             "canary": _describe(self.canary, percent=100 * self.canary_share),
+            "shadow": None
+            if self.shadow is None
+            else _describe(self.shadow.worker, percent=self.shadow.policy.percent),
         }
 
 

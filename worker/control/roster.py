@@ -11,12 +11,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .compare import Comparison, Limits
 from .events import Inbox
 from .failures import Failures
 from .observer import NoObserver, SwapObserver
-from .record import Step, SwapRecord
+from .record import Result, Step, SwapRecord
 from .roles import Roles
-from .watchers import Stopper, report_exit, watch_linger
+from .shadow import ShadowRun
+from .watchers import Stopper, judge_after_switch, report_exit, watch_linger
 from .worker import Worker
 
 log = logging.getLogger("mlflow_bluegreen.worker.control.supervisor")
@@ -116,6 +118,13 @@ class Roster:
     def end_canary(self) -> None:
         self.roles.canary = None
 
+    def begin_shadow(self, run: ShadowRun) -> None:
+        self.roles.shadow = run
+
+    def end_shadow(self) -> None:
+        """No more copies; those sent still count, until the run is judged and closed."""
+        self.roles.shadow = None
+
     def begin_linger(self, worker: Worker) -> None:
         """Keep the replaced `worker` warm for `linger` seconds; meanwhile watch the new one."""
         self.roles.lingering = worker
@@ -170,6 +179,50 @@ class Roster:
         self.last_slot = worker.slot
         record.step_done(Step.SWITCH, round(time.monotonic() - began, 6))
         return worker, record
+
+    def roll_back(self, worker: Worker, comparison: Comparison) -> SwapRecord:
+        """The active `worker` serves worse than the lingering one did (`comparison`): that one
+        takes the traffic again at once. The record of it, finished."""
+        cause = f"automatic rollback: {comparison.reason}"
+        lingering, record = self.switch_to_lingering(cause)
+        record.after_switch = comparison.figures
+        self.retire(worker)  # its requests under way are answered
+        record.step = Step.DONE
+        record.end(Result.ROLLED_BACK, precision=6)
+        log.error(
+            "version %s rolled back to %s: %s; not tried again until the registry names "
+            "another version and then it again, or POST /reload",
+            worker.version,
+            lingering.version,
+            comparison.reason,
+        )
+        return record
+
+    async def make_room(self, old: Worker, record: SwapRecord) -> None:
+        """The memory policy: the active `old` worker drains and stops before the new one
+        starts, so never two models are in memory. Requests that come meanwhile are held by
+        the proxy (as while a crashed worker restarts) for the new version."""
+        log.info(
+            "swap %s -> %s: stopping %s first (%s)",
+            old.version,
+            record.to_version,
+            old.slot,
+            (record.policy or {}).get("why"),
+        )
+        record.step = Step.DRAIN
+        self.make_active(None)
+        record.drained = await self.retire(old, record)
+        await self.retired()  # a lingering one too
+
+    def begin_judging(self, worker: Worker, record: SwapRecord, limits: Limits) -> None:
+        """Compare `worker`, just switched to, with the lingering one for as long as it
+        lingers (automatic rollback)."""
+        lingering = self.roles.lingering
+        assert lingering is not None
+        watch = judge_after_switch(
+            worker, lingering, self.roles, self._inbox, record, limits=limits, seconds=self.linger
+        )
+        self._spawn_watcher(watch, f"judge-{worker.slot}")
 
     def retire(
         self, worker: Worker, record: SwapRecord | None = None, *, drain: bool = True

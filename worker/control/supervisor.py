@@ -4,8 +4,10 @@ One loop owns every transition, so two swaps never overlap and no role changes b
 
     wanted version changes
       -> start the idle slot -> signature guard -> GET /ping 200 -> warm-up 2xx
-      -> [canary: a share of live traffic for a while, judged against the old worker]
-      -> switch `active` -> drain the old worker -> stop it (or keep it warm: linger)
+      -> [shadow: copies of live requests, answers compared] -> [canary: a share of live
+         traffic, judged against the old worker] (trial.py)
+      -> switch `active` -> drain the old worker -> stop it (or keep it warm: linger, and
+         roll back automatically should the new one serve worse meanwhile)
     any failure before the switch: stop the new worker, keep the old, back off
 
 What happens to workers meanwhile (an exit, failed health checks, the end of a linger, a stop
@@ -29,14 +31,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .bring_up import bring_up
-from .canary import CanaryPolicy
-from .events import Event, Exited, Inbox, LingerOver, RollbackAsked, Stopped, Unhealthy, Wake
+from .compare import Comparison, Verdict
+from .events import (
+    Event,
+    Exited,
+    Inbox,
+    Judged,
+    LingerOver,
+    RollbackAsked,
+    Stopped,
+    Unhealthy,
+    Wake,
+)
 from .failures import Failures
 from .intent import Intent
 from .observer import SwapObserver
@@ -44,7 +57,7 @@ from .policy import SwapPolicy, choose
 from .record import Result, Step, SwapRecord, WorkerFailed, log_rejected, log_succeeded
 from .roster import Roster
 from .targets import idle_slot, next_target, retry_delay
-from .trial import run_canary
+from .trial import Trials, try_on_live_traffic
 from .watchers import Stopper
 from .worker import Worker, WorkerFactory
 
@@ -72,7 +85,7 @@ class Supervisor:
         observer: SwapObserver | None = None,
         history_size: int = 50,
         linger: float = 0.0,
-        canary: CanaryPolicy | None = None,
+        trials: Trials | None = None,
         allow_signature_change: bool = False,
         health_interval: float = 1.0,
         health_failures: int = 3,
@@ -83,7 +96,7 @@ class Supervisor:
         self._factory = factory
         self.startup_timeout = startup_timeout
         self.drain_timeout = drain_timeout
-        self.canary_policy = canary
+        self.trials = trials or Trials()
         self.allow_signature_change = allow_signature_change
         self.swap_policy = swap_policy
         self._memory_headroom = memory_headroom  # bytes left under the memory limit, if known
@@ -167,6 +180,7 @@ class Supervisor:
         """Serve `version` as soon as it is ready. The latest call wins. While pinned by
         `rollback()` the registry's answer is only noted, for `resume()`. `lookup_seconds`: how
         long the registry took to name it, for the swap's history."""
+        self._failures.registry_named(str(version))
         if self.intent.registry_names(str(version), lookup_seconds):
             self._inbox.post(Wake())
 
@@ -215,7 +229,8 @@ class Supervisor:
             delay = self._retry_delay(target)
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    # Rolled back: not again until the registry or an operator says so.
+                    async with asyncio.timeout(None if math.isinf(delay) else delay):
                         await self._inbox.wait()
                 continue
             fallback = target != self.intent.wanted
@@ -279,6 +294,16 @@ class Supervisor:
                 self.roster.stopped(worker)
             case RollbackAsked(version):
                 self.intent.pin(version)  # the loop, next, switches back to the lingering one
+            case Judged(worker, comparison, record):
+                record.after_switch = comparison.figures
+                # Pinned by a rollback: the operator chose the active version.
+                if (
+                    comparison.verdict is Verdict.REJECTED
+                    and worker is roles.active
+                    and roles.warm_lingering() is not None
+                    and not self.intent.pinned
+                ):
+                    self._roll_back(worker, comparison)
             case _:
                 pass  # a wake-up, or news of a worker that has moved on since
 
@@ -318,6 +343,13 @@ class Supervisor:
         self.roster.retire_failed(failed)  # the restart waits for its slot
 
     # -- swaps -------------------------------------------------------------------------------
+
+    def _roll_back(self, worker: Worker, comparison: Comparison) -> None:
+        """Back to the lingering version, and not this one again until the registry names
+        another and then it again (or an operator asks)."""
+        record = self.roster.roll_back(worker, comparison)
+        self._failures.rolled_back(worker.version, record.cause)
+        self._finish(record)
 
     def _switch_back(self, version: str, cause: str) -> None:
         """To the lingering worker: no start, no warm-up, no drain to wait."""
@@ -365,7 +397,9 @@ class Supervisor:
             choice = choose(self.swap_policy, self._memory_headroom(), old.rss_bytes())
             record.policy = {"policy": str(choice.policy), "why": choice.why}
             if choice.policy is SwapPolicy.MEMORY:
-                await self._make_room(old, record)
+                # Should the new version fail, the loop brings the old one back, as for any
+                # version that cannot serve.
+                await self._until(roster.make_room(old, record))
         worker = self._factory(slot, version)
         roster.begin_start(worker)
         try:
@@ -373,15 +407,16 @@ class Supervisor:
             roster.inputs[worker] = await self._until(
                 bring_up(worker, record, startup_timeout=self.startup_timeout, guard=guard)
             )
-            if old is not None and old.alive and self.canary_policy is not None:
-                await run_canary(
+            if old is not None and old.alive:
+                await try_on_live_traffic(
                     worker,
                     old,
-                    self.canary_policy,
                     record,
+                    self.trials,
                     roster=roster,
                     until=self._until,
                     drain_timeout=self.drain_timeout,
+                    report=self.observer.shadow_outcome,
                 )
         except WorkerFailed as failure:
             roster.end_start()
@@ -390,6 +425,7 @@ class Supervisor:
         except BaseException:
             roster.end_start()
             roster.end_canary()
+            roster.end_shadow()
             with contextlib.suppress(Exception):
                 await roster.stopper.stopped(worker)
             raise
@@ -406,27 +442,12 @@ class Supervisor:
             if self.roster.linger > 0:
                 roster.begin_linger(old)
                 record.step_done(Step.LINGER, self.roster.linger)
+                if self.trials.after_switch is not None:
+                    roster.begin_judging(worker, record, self.trials.after_switch)
             else:
                 record.step = Step.DRAIN
                 record.drained = await self._until(roster.retire(old, record))
         self._succeeded(record)
-
-    async def _make_room(self, old: Worker, record: SwapRecord) -> None:
-        """The memory policy: the old worker drains and stops before the new one starts, so
-        never two models are in memory. Requests that come meanwhile are held by the proxy
-        (as while a crashed worker restarts) for the new version; should it fail, the loop
-        starts the old version again, as for any version that cannot serve."""
-        log.info(
-            "swap %s -> %s: stopping %s first (%s)",
-            old.version,
-            record.to_version,
-            old.slot,
-            (record.policy or {}).get("why"),
-        )
-        record.step = Step.DRAIN
-        self.roster.make_active(None)
-        record.drained = await self._until(self.roster.retire(old, record))
-        await self._until(self.roster.retired())  # a lingering one too
 
     async def _reject(self, worker: Worker, record: SwapRecord, failure: WorkerFailed) -> None:
         # A canary may be answering requests: let them finish before the worker goes.

@@ -8,7 +8,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .events import Exited, Inbox, LingerOver, Stopped, Unhealthy
+from .compare import Limits, Verdict, compare
+from .events import Exited, Inbox, Judged, LingerOver, Stopped, Unhealthy
 from .record import Step, SwapRecord
 from .roles import Roles
 from .worker import Worker
@@ -58,6 +59,40 @@ async def watch_linger(
             inbox.post(Unhealthy(active, failures))
             failures = 0
     inbox.post(LingerOver(lingering))
+
+
+async def judge_after_switch(
+    active: Worker,
+    lingering: Worker,
+    roles: Roles,
+    inbox: Inbox,
+    record: SwapRecord,
+    *,
+    limits: Limits,
+    seconds: float,
+    interval: float = 1.0,
+) -> None:
+    """While `lingering` lingers, compare what `active` answered since the switch with what
+    `lingering` answered in as many seconds before it; report Judged at the first regression,
+    or with the last verdict when the linger ends or the roles change."""
+    switched = time.monotonic()
+    deadline = switched + seconds
+    since = active.in_flight.counts()
+    baseline = lingering.in_flight.counts().since(lingering.in_flight.counts_at(switched - seconds))
+    while True:
+        await asyncio.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+        comparison = compare(
+            limits,
+            baseline,
+            active.in_flight.counts().since(since),
+            old_version=lingering.version,
+            new_version=active.version,
+        )
+        comparison.figures["seconds"] = round(time.monotonic() - switched, 1)
+        over = time.monotonic() >= deadline or roles.active is not active
+        if comparison.verdict is Verdict.REJECTED or over or roles.lingering is not lingering:
+            inbox.post(Judged(active, comparison, record))
+            return
 
 
 class Stopper:
