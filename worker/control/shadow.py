@@ -221,7 +221,7 @@ def judge_shadow(run: ShadowRun) -> Comparison:
     policy = run.policy
     figures = run.figures()
     compared = run.compared
-    if compared < policy.min_pairs:
+    if compared < max(1, policy.min_pairs):
         reason = f"too few pairs to judge: {compared} (needed: {policy.min_pairs})"
         verdict = Verdict.UNJUDGED
     elif run.agreed / compared < policy.min_agreement:
