@@ -22,8 +22,15 @@ class Registry:
     iris_versions: tuple[str, str]
 
 
-def register_from_code(tracking_uri: str, name: str, code: str, example: object = None) -> str:
-    """Register a pyfunc defined in tests/integration/models/<code>.py as a new version."""
+def register_from_code(
+    tracking_uri: str,
+    name: str,
+    code: str,
+    example: object = None,
+    config: dict[str, object] | None = None,
+) -> str:
+    """Register a pyfunc defined in tests/integration/models/<code>.py as a new version, with
+    `config` as its model_config."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -34,6 +41,7 @@ def register_from_code(tracking_uri: str, name: str, code: str, example: object 
             python_model=str(MODELS / f"{code}.py"),
             registered_model_name=name,
             input_example=example,
+            model_config=config,
         )
     return str(info.registered_model_version)
 
