@@ -22,6 +22,8 @@ from ..worker.control import (
     SwapRecord,
     Worker,
 )
+from ..worker.model.early import EarlyFailed, EarlyPreparations
+from ..worker.model.prepare import Preparation
 from ..worker.model.stash import ModelStash
 from ..worker.model.uri import ModelRef, parse_model_uri
 from ..worker.model_worker import ModelWorker
@@ -62,9 +64,25 @@ class Sidecar:
         # A pre-warmed interpreter for the next version's worker (spare.py).
         self.spares = SpareKeeper(spec, enabled=config.spare, preload=self._flavors_served)
         spares = self.spares
+        # Downloads (and environments) begun as soon as the registry names a version.
+        self.early = EarlyPreparations(
+            lambda version, uri: Preparation(
+                version,
+                uri,
+                env_manager=spec.env_manager,
+                environment=spec.environment(),
+                stash=None,
+                on_line=lambda _line: None,
+                fail=lambda step, reason: EarlyFailed(f"{step}: {reason}"),
+                log_extra={"version": version},
+            ),
+            env_manager=spec.env_manager,
+            timeout=config.startup_timeout,
+        )
+        early = self.early if spec.prefetch else None
         self.supervisor = Supervisor(
             lambda slot, version: ModelWorker(
-                slot, version, ref.launch_uri(version), spec, stash, spares=spares
+                slot, version, ref.launch_uri(version), spec, stash, spares=spares, early=early
             ),
             startup_timeout=config.startup_timeout,
             drain_timeout=config.drain_timeout,
@@ -88,8 +106,17 @@ class Sidecar:
             poll_interval=config.poll_interval,
             tracked=ref.tracked,
             on_error=self.metrics.registry_error,
+            on_named=self._prepare_early,
         )
         self.started_at = time.time()
+
+    def _prepare_early(self, version: str) -> None:
+        """The registry names `version`: unless it is wanted or runs already, start its
+        download now, before the loop gets to its swap."""
+        supervisor = self.supervisor
+        running = {worker.version for _role, worker in supervisor.workers()}
+        if self.ref.tracked and version != supervisor.wanted and version not in running:
+            self.early.begin(version, self.ref.launch_uri(version))
 
     def _memory_in_use(self) -> int:
         """The sidecar's own resident memory, its workers' and its spare's."""
@@ -116,6 +143,7 @@ class Sidecar:
     async def close_workers(self) -> None:
         """Stop every worker, then delete the model copy kept for a restart, if any."""
         await self.supervisor.close()
+        await self.early.close()
         await self.spares.close()
         copy = self.stash.clear()
         if copy is not None:

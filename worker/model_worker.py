@@ -9,11 +9,13 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections import deque
 from typing import Any
 
 from .control import InFlight, Step, WorkerFailed
 from .model.card import ModelCard, read_model_card
+from .model.early import Early, EarlyFailed, EarlyPreparations
 from .model.prepare import Preparation
 from .model.stash import ModelStash
 from .probe import Probe, ProbeFailed
@@ -38,6 +40,7 @@ class ModelWorker:
         stash: ModelStash | None = None,
         *,
         spares: SpareKeeper | None = None,
+        early: EarlyPreparations | None = None,
     ) -> None:
         self.slot = slot
         self.version = version
@@ -59,6 +62,7 @@ class ModelWorker:
             log_extra=self._log_extra,
         )
         self._spares = spares
+        self._early = early
         self.launch = ""  # how its server started: spare, direct or cli
         self._process: ChildProcess | None = None
         self._probe: Probe | None = None
@@ -85,7 +89,9 @@ class ModelWorker:
 
     async def start(self) -> None:
         """Prepare the model, then launch its server (which boots meanwhile: wait_ready)."""
-        await self._preparation.run(self.spec.prefetch_timeout, fetch=self.spec.prefetch)
+        early = self._early.take(self.version) if self._early is not None else None
+        if early is None or not await self._adopt(early):
+            await self._preparation.run(self.spec.prefetch_timeout, fetch=self.spec.prefetch)
         self.port = free_port(self.spec.host)
         self.base_url = f"http://{self.spec.host}:{self.port}"
         command = self.spec.command(self.launch_uri, self.port)
@@ -126,6 +132,29 @@ class ModelWorker:
         self._probe = Probe(self.base_url)
         # Read the MLmodel (warm-up payload, signature) while the worker boots, not after.
         self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.launch_uri))
+
+    async def _adopt(self, early: Early) -> bool:
+        """Take over the preparation begun when the registry named this version, once it is
+        done; False when it failed (then this worker prepares anew, and reports that)."""
+        needed = time.monotonic()
+        try:
+            await early.task
+        except EarlyFailed as error:
+            log.warning(
+                "preparing ahead failed (%s): preparing again", error, extra=self._log_extra
+            )
+            await early.preparation.discard()
+            return False
+        except asyncio.CancelledError:
+            early.preparation.kill()
+            await early.preparation.discard()
+            raise
+        stash = self._preparation.stash
+        self._preparation = early.preparation
+        self._preparation.adopted_by(self._note_output, self._log_extra, stash)
+        ran = sum(self._preparation.timings.values())
+        self._preparation.timings[str(Step.PREFETCHED)] = round(min(needed - early.began, ran), 3)
+        return True
 
     async def wait_exit(self) -> int | None:
         assert self._process is not None

@@ -221,3 +221,32 @@ def test_a_canary_that_fails_live_traffic_is_rejected_and_a_good_one_promoted(
     assert result.failures == [], result.describe_failures()
     assert {first, good} <= set(result.by_version())
     sidecar.wait_active(good, timeout=30)
+
+
+def test_a_version_named_during_a_swap_is_downloaded_before_its_own_swap_begins(
+    registry: Registry, start_sidecar: Callable[..., SidecarProcess]
+) -> None:
+    name = "early"
+    first, second, third = (register_iris_version(registry.uri, name, c) for c in (1.0, 0.5, 0.05))
+    set_alias(registry.uri, name, "live", first)
+    sidecar = start_sidecar(
+        f"models:/{name}@live",
+        "--poll-interval", "0.3",
+        "--canary-percent", "10",
+        "--canary-seconds", "5",
+    )  # fmt: skip
+    sidecar.wait_active(first, timeout=120)
+    set_alias(registry.uri, name, "live", second)
+    deadline = time.monotonic() + 120
+    while (sidecar.status()["swap_in_progress"] or {}).get("step") != "canary":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # The registry names a third version while the second one's canary runs.
+    set_alias(registry.uri, name, "live", third)
+    sidecar.wait_active(third, timeout=120)
+    record = next(h for h in sidecar.status()["history"] if h["to"] == third)
+    steps = record["steps"]
+    assert record["result"] == "succeeded", record
+    # All of its download ran before its swap began: the swap waited for none of it.
+    assert steps["download"] > 0 and steps["prefetched"] == steps["download"], steps
+    assert f"preparing version {third} ahead of its swap" in sidecar.log_text()

@@ -32,7 +32,10 @@ async def bring_up(
     prepared = dict(worker.timings)  # download, prepare_env: before the boot
     for name, seconds in prepared.items():
         record.step_done(Step(name), seconds)
-    launched = time.monotonic() - step - sum(prepared.values())
+    # What of them ran during this swap: some may have begun as the registry named it.
+    ahead = prepared.pop(Step.PREFETCHED, 0.0)
+    preparing = max(sum(prepared.values()) - ahead, 0.0)
+    launched = time.monotonic() - step - preparing
     record.step_done(Step.START, round(max(launched, 0.0), 3))
     step = time.monotonic()  # the health clock measures the boot alone
     if guard is not None and guard[0] != worker.version:
@@ -40,7 +43,7 @@ async def bring_up(
         await check_signature(guard, worker, record)
     record.step = Step.READY
     # --startup-timeout bounds download, environment build and boot together.
-    await worker.wait_ready(max(startup_timeout - sum(prepared.values()), 1.0))
+    await worker.wait_ready(max(startup_timeout - preparing, 1.0))
     record.step_done(Step.READY, round(time.monotonic() - step, 3))
     log.info("worker %s v%s ready in %.2f s", worker.slot, worker.version, record.steps[Step.READY])
     step = time.monotonic()

@@ -16,6 +16,7 @@ class Step(StrEnum):
     The values are what `/status`, the logs and the metrics show."""
 
     RESOLVE = "resolve"  # the registry lookup that named the version
+    PREFETCHED = "prefetched"  # of download and prepare_env, what ran before the swap began
     DOWNLOAD = "download"
     PREPARE_ENV = "prepare_env"
     START = "start"  # the launch of the worker process

@@ -170,6 +170,22 @@ class Preparation:
                 "prepare_env", prepare_env_command(self.launch_uri, self._env_manager)
             )
 
+    def adopted_by(
+        self,
+        on_line: Callable[[str], None],
+        log_extra: Mapping[str, str],
+        stash: ModelStash | None,
+    ) -> None:
+        """From now on, it is that worker's: its lines, its log fields, its stash for a copy to
+        restart from."""
+        self._on_line = on_line
+        self._log_extra = dict(log_extra)
+        self._stash = stash
+
+    @property
+    def stash(self) -> ModelStash | None:
+        return self._stash
+
     def kill(self) -> None:
         """End a step under way (a stop while preparing)."""
         if self._step is not None:

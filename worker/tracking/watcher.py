@@ -33,6 +33,7 @@ class Watcher:
         tracked: bool,
         max_error_interval: float = 60.0,
         on_error: Callable[[RegistryError], None] | None = None,
+        on_named: Callable[[str], None] | None = None,
     ) -> None:
         self._resolver = resolver
         self._supervisor = supervisor
@@ -42,6 +43,8 @@ class Watcher:
             base=poll_interval, cap=max(max_error_interval, poll_interval)
         )
         self._on_error = on_error or (lambda _error: None)
+        # Told each version the registry names, before the supervisor: to prepare it early.
+        self._on_named = on_named or (lambda _version: None)
         self._poke = asyncio.Event()
         self._tickets = itertools.count(1)
         self._applied_ticket = 0
@@ -118,6 +121,7 @@ class Watcher:
         self._error_backoff.reset()
         self.last_version = version
         self.last_success = time.time()
+        self._on_named(version)
         self._supervisor.want(version, lookup_seconds)
 
     def _failed(self, error: RegistryError) -> None:
