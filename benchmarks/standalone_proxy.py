@@ -46,6 +46,7 @@ class FixedRoles:
         self.active = active
         self.canary = None
         self.canary_share = 0.0
+        self.shadow = None  # no shadow run: copies go nowhere
         self.lingering = None
 
 
