@@ -59,6 +59,33 @@ def test_panels_the_issue_asks_for(dashboard: dict[str, Any]) -> None:
     assert "slot" in exprs["Worker up per slot"]
     swaps = [a for a in dashboard["annotations"]["list"] if "swaps_total" in a.get("expr", "")]
     assert swaps and all(a["enable"] for a in swaps)
+    assert any('result="rolled_back"' in a["expr"] for a in swaps)
+
+
+def test_panels_for_judging_new_versions(dashboard: dict[str, Any]) -> None:
+    by_title = {p["title"]: p for p in panels(dashboard)}
+    rejected = by_title["Rolled-back and rejected versions"]
+    (target,) = rejected["targets"]
+    # Counted over the dashboard's time range, one figure per result.
+    assert "increase(mlflow_bluegreen_swaps_total{" in target["expr"]
+    assert "[$__range]" in target["expr"]
+    assert "sum by (result)" in target["expr"]
+    assert 'result=~"rolled_back|failed|blocked"' in target["expr"]
+    assert target["legendFormat"] == "{{result}}"
+
+    verdicts = by_title["Canary / shadow verdicts"]
+    exprs = {t["refId"]: t["expr"] for t in verdicts["targets"]}
+    assert len(exprs) == len(verdicts["targets"])
+    joined = " ".join(exprs.values())
+    assert "rate(mlflow_bluegreen_shadow_requests_total{" in joined
+    assert "by (outcome)" in joined
+    assert "mlflow_bluegreen_last_shadow_agreement_ratio" in joined
+    assert "mlflow_bluegreen_last_verdict_latency_ratio" in joined
+    assert "judged_by" in joined
+    # Each override names a query of this panel.
+    for override in verdicts["fieldConfig"]["overrides"]:
+        assert override["matcher"]["id"] == "byFrameRefID"
+        assert override["matcher"]["options"] in exprs
 
 
 def test_panels_have_unique_ids_and_fit_the_grid(dashboard: dict[str, Any]) -> None:
@@ -67,6 +94,19 @@ def test_panels_have_unique_ids_and_fit_the_grid(dashboard: dict[str, Any]) -> N
     for panel in panels(dashboard):
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24, panel["title"]
+
+
+def test_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:
+    placed = [(p["title"], p["gridPos"]) for p in panels(dashboard)]
+    for index, (title, a) in enumerate(placed):
+        for other, b in placed[index + 1 :]:
+            apart = (
+                a["x"] + a["w"] <= b["x"]
+                or b["x"] + b["w"] <= a["x"]
+                or a["y"] + a["h"] <= b["y"]
+                or b["y"] + b["h"] <= a["y"]
+            )
+            assert apart, (title, other)
 
 
 def test_queries_name_only_exported_metrics(dashboard: dict[str, Any]) -> None:

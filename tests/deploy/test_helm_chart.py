@@ -18,12 +18,12 @@ import kubernetes_validate
 import kubernetes_validate.utils
 import pytest
 import yaml
-from helm_python import Chart, HelmValuesError, lint
+from helm_python import Chart, HelmRenderError, HelmValuesError, lint
 
 from mlflow_bluegreen.proxy.cli import ENV_PREFIX
 from mlflow_bluegreen.worker.control import Supervisor
 
-from .support import CHART, DEPLOY, cli_env_vars, dockerfile_env, start_serve
+from .support import CHART, DEPLOY, cli_env_vars, dockerfile_env, parse_serve, start_serve
 
 # The Kubernetes release the rendered objects are validated against (strict: unknown fields
 # fail). The chart says kubeVersion >=1.25 and uses only APIs that are GA there.
@@ -273,6 +273,13 @@ def test_the_sidecar_starts_with_the_container_environment(
     assert config.canary_percent == pytest.approx(rollout["canary"]["percent"])
     assert config.canary_seconds == pytest.approx(rollout["canary"]["seconds"])
     assert config.canary_max_error_increase == pytest.approx(rollout["canary"]["maxErrorIncrease"])
+    assert config.canary_max_latency_ratio == pytest.approx(rollout["canary"]["maxLatencyRatio"])
+    assert config.canary_min_requests == rollout["canary"]["minRequests"]
+    assert config.shadow_percent == pytest.approx(rollout["shadow"]["percent"])
+    assert config.shadow_seconds == pytest.approx(rollout["shadow"]["seconds"])
+    assert config.shadow_tolerance == pytest.approx(rollout["shadow"]["tolerance"])
+    assert config.shadow_min_agreement == pytest.approx(rollout["shadow"]["minAgreement"])
+    assert config.auto_rollback is rollout["autoRollback"]
     webhook = values["webhook"]["secret"]
     assert bool(config.webhook_secret) == bool(webhook["existingSecret"] or webhook["value"])
     if webhook["value"] and not webhook["existingSecret"]:
@@ -288,6 +295,120 @@ def test_without_the_admin_token_the_sidecar_would_refuse_to_start(
     del env["MLFLOW_BLUEGREEN_ADMIN_TOKEN"]
     with pytest.raises(click.UsageError, match="--admin-token"):
         start_serve(monkeypatch, [], env)
+
+
+def test_ci_values_exercise_every_judging_option(chart: Chart) -> None:
+    # The sidecar-starts test above checks each value against what the CLI parsed: that is
+    # only worth something for the new-version judging options if some case moves them off
+    # their defaults.
+    defaults = chart.merge_values(None)["rollout"]
+    changed: set[str] = set()
+    for case in CASES:
+        rollout = chart.merge_values(_values(case))["rollout"]
+        for block in ("canary", "shadow"):
+            changed |= {
+                f"{block}.{key}"
+                for key, value in rollout[block].items()
+                if value != defaults[block][key]
+            }
+        if rollout["autoRollback"] != defaults["autoRollback"]:
+            changed.add("autoRollback")
+    assert {
+        "canary.maxLatencyRatio",
+        "canary.minRequests",
+        "shadow.percent",
+        "shadow.seconds",
+        "shadow.tolerance",
+        "shadow.minAgreement",
+        "autoRollback",
+    } <= changed
+
+
+@pytest.mark.parametrize(
+    ("values", "env"),
+    [
+        (
+            {
+                "rollout": {
+                    "linger": 120,
+                    "autoRollback": True,
+                    "canary": {"maxLatencyRatio": 3.5, "minRequests": 1000000},
+                    "shadow": {
+                        "percent": 100,
+                        "seconds": 12.5,
+                        "tolerance": 0.001,
+                        "minAgreement": 0.95,
+                    },
+                }
+            },
+            {
+                "MLFLOW_BLUEGREEN_LINGER": "120",
+                "MLFLOW_BLUEGREEN_AUTO_ROLLBACK": "true",
+                "MLFLOW_BLUEGREEN_CANARY_MAX_LATENCY_RATIO": "3.5",
+                # An integer, never 1e+06: the CLI would refuse that.
+                "MLFLOW_BLUEGREEN_CANARY_MIN_REQUESTS": "1000000",
+                "MLFLOW_BLUEGREEN_SHADOW_PERCENT": "100",
+                "MLFLOW_BLUEGREEN_SHADOW_SECONDS": "12.5",
+                "MLFLOW_BLUEGREEN_SHADOW_TOLERANCE": "0.001",
+                "MLFLOW_BLUEGREEN_SHADOW_MIN_AGREEMENT": "0.95",
+            },
+        ),
+        (
+            None,
+            {
+                "MLFLOW_BLUEGREEN_AUTO_ROLLBACK": "false",
+                "MLFLOW_BLUEGREEN_CANARY_MAX_LATENCY_RATIO": "2",
+                "MLFLOW_BLUEGREEN_CANARY_MIN_REQUESTS": "20",
+                "MLFLOW_BLUEGREEN_SHADOW_PERCENT": "0",
+                "MLFLOW_BLUEGREEN_SHADOW_SECONDS": "30",
+                "MLFLOW_BLUEGREEN_SHADOW_TOLERANCE": "1e-06",
+                "MLFLOW_BLUEGREEN_SHADOW_MIN_AGREEMENT": "0",
+            },
+        ),
+    ],
+    ids=["given", "defaults"],
+)
+def test_judging_values_render_as_their_env_vars(
+    chart: Chart,
+    monkeypatch: pytest.MonkeyPatch,
+    values: dict[str, Any] | None,
+    env: dict[str, str],
+) -> None:
+    manifest = chart.render(values, name=RELEASE)["mlflow-bluegreen/templates/deployment.yaml"]
+    (container,) = yaml.safe_load(manifest)["spec"]["template"]["spec"]["containers"]
+    rendered = {e["name"]: e.get("value") for e in container["env"]}
+    assert {name: rendered.get(name) for name in env} == env
+    # And the CLI takes each as the option it names.
+    options = parse_serve(monkeypatch, [], {"MLFLOW_BLUEGREEN_MODEL_URI": "models:/m@a", **env})
+    assert options["canary_min_requests"] == int(env["MLFLOW_BLUEGREEN_CANARY_MIN_REQUESTS"])
+    assert options["shadow_tolerance"] == float(env["MLFLOW_BLUEGREEN_SHADOW_TOLERANCE"])
+    assert options["auto_rollback"] is (env["MLFLOW_BLUEGREEN_AUTO_ROLLBACK"] == "true")
+
+
+@pytest.mark.parametrize("linger", [0, 0.0, None], ids=["0", "0.0", "default"])
+def test_auto_rollback_without_linger_fails_to_render(chart: Chart, linger: float | None) -> None:
+    # The sidecar would exit with a usage error and the pod crash-loop: fail at install time,
+    # saying which values to change.
+    rollout: dict[str, Any] = {"autoRollback": True}
+    if linger is not None:
+        rollout["linger"] = linger
+    # (`helm lint` only logs a template's `fail`: rendering, as install does, is the check.)
+    with pytest.raises(HelmRenderError, match=r"rollout\.autoRollback needs rollout\.linger > 0"):
+        chart.render({"rollout": rollout}, name=RELEASE)
+    # Either value alone renders.
+    chart.render({"rollout": {**rollout, "autoRollback": False}}, name=RELEASE)
+    chart.render({"rollout": {**rollout, "linger": 0.5}}, name=RELEASE)
+
+
+def test_auto_rollback_without_linger_is_what_the_cli_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The template's check mirrors the CLI's: the same values would not start the sidecar.
+    env = {"MLFLOW_BLUEGREEN_AUTO_ROLLBACK": "true", "MLFLOW_BLUEGREEN_LINGER": "0"}
+    with pytest.raises(click.UsageError, match="--linger"):
+        start_serve(monkeypatch, ["--model-uri", "models:/m@a"], env)
+    env["MLFLOW_BLUEGREEN_LINGER"] = "0.5"
+    assert start_serve(monkeypatch, ["--model-uri", "models:/m@a"], env).auto_rollback is True
 
 
 def test_shutdown_delay_is_passed_for_the_shutdown_delay_option(rendered: Rendered) -> None:
@@ -567,6 +688,15 @@ def test_no_deploy_file_says_the_sidecar_lacks_a_feature() -> None:
         {"rollout": {"canary": {"percent": 100}}},
         {"rollout": {"linger": -5}},
         {"rollout": {"swapPolicy": "fastest"}},
+        {"rollout": {"canary": {"maxLatencyRatio": 1}}},
+        {"rollout": {"canary": {"minRequests": 0}}},
+        {"rollout": {"canary": {"minRequests": 2.5}}},
+        {"rollout": {"shadow": {"percent": 101}}},
+        {"rollout": {"shadow": {"seconds": 0}}},
+        {"rollout": {"shadow": {"tolerance": -0.1}}},
+        {"rollout": {"shadow": {"minAgreement": 99}}},
+        {"rollout": {"shadow": {"precent": 10}}},
+        {"rollout": {"autoRollback": "yes", "linger": 60}},
     ],
     ids=json.dumps,
 )

@@ -3,6 +3,7 @@ metrics the sidecar really exports, which the rules and the dashboard may name."
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,13 @@ DOCUMENTED = {
     "mlflow_bluegreen_ready",
     "mlflow_bluegreen_worker_up",
     "mlflow_bluegreen_registry_errors_total",
+    # How new versions are judged (shadow, canary, automatic rollback).
+    "mlflow_bluegreen_shadow_requests_total",
+    "mlflow_bluegreen_last_shadow_agreement_ratio",
+    "mlflow_bluegreen_last_verdict_latency_ratio",
 }
+# A swaps_total{result=...} selector in an alert expression.
+_SWAP_RESULT = re.compile(r'mlflow_bluegreen_swaps_total\{[^}]*result(=~|=)"([^"]*)"')
 
 
 def run(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess[str]:
@@ -69,6 +76,7 @@ def test_alerts_cover_the_issue() -> None:
         "MlflowBluegreenSwapFailed",
         "MlflowBluegreenHighErrorRatio",
         "MlflowBluegreenHighLatencyP99",
+        "MlflowBluegreenVersionRolledBack",
     } <= set(alerts)
     tested = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
     fired = {
@@ -78,6 +86,28 @@ def test_alerts_cover_the_issue() -> None:
         if case["exp_alerts"]
     }
     assert fired == set(alerts), "every alert has a test in which it fires"
+
+
+def test_every_swap_result_but_success_has_an_alert() -> None:
+    """Each result swaps_total counts (read from the real exposition, so a new one shows up
+    here) fires an alert, unless it is a success: a rejected version (failed, blocked) and one
+    rolled back after its switch all leave the registry and what is served disagreeing."""
+    results = set(
+        re.findall(r'^mlflow_bluegreen_swaps_total\{result="([^"]+)"\}', exposition(), re.M)
+    )
+    assert results >= {"succeeded", "failed", "blocked", "rolled_back"}
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    alerted: dict[str, set[str]] = {}
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for op, value in _SWAP_RESULT.findall(rule["expr"]):
+                for result in results:
+                    if re.fullmatch(value, result) if op == "=~" else value == result:
+                        alerted.setdefault(result, set()).add(rule["alert"])
+    assert "succeeded" not in alerted
+    assert set(alerted) == results - {"succeeded"}
+    assert alerted["failed"] == alerted["blocked"] == {"MlflowBluegreenSwapFailed"}
+    assert alerted["rolled_back"] == {"MlflowBluegreenVersionRolledBack"}
 
 
 def test_alert_rules_name_only_exported_metrics() -> None:
