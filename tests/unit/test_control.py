@@ -17,12 +17,14 @@ from mlflow_bluegreen.worker.control import (
     Supervisor,
     SwapRecord,
     Worker,
+    WorkerFailed,
 )
 from mlflow_bluegreen.worker.control.canary import judge
 from mlflow_bluegreen.worker.control.compare import Limits, Verdict
 from mlflow_bluegreen.worker.control.events import Exited, Inbox, Stopped, Wake
 from mlflow_bluegreen.worker.control.failures import Failures
 from mlflow_bluegreen.worker.control.intent import Intent
+from mlflow_bluegreen.worker.control.record import JudgedWorse
 from mlflow_bluegreen.worker.control.tally import BUCKETS, Counts, bucket_of
 from mlflow_bluegreen.worker.control.targets import idle_slot, next_target
 
@@ -150,8 +152,10 @@ def test_two_early_exits_in_a_row_make_a_crash_loop_a_long_run_between_does_not(
 
 def test_a_blocked_signature_waits_the_longest_backoff_at_once() -> None:
     failures = Failures(retry_base=1, retry_cap=300, crash_window=30)
-    assert failures.swap_failed("2", Step.SIGNATURE, "inputs incompatible") == 300
-    assert failures.swap_failed("3", Step.READY, "not ready") < 2
+    assert failures.swap_failed("2", WorkerFailed(Step.SIGNATURE, "inputs incompatible")) == 300
+    assert failures.swap_failed("3", WorkerFailed(Step.READY, "not ready")) < 2
+    # A verdict on live traffic: not retried by backoff at all.
+    assert failures.swap_failed("4", JudgedWorse(Step.CANARY, "slower")) == float("inf")
 
 
 def test_a_pinned_intent_only_notes_what_the_registry_names_until_resumed() -> None:

@@ -191,6 +191,13 @@ async def test_a_canary_that_fails_more_is_rejected() -> None:
         assert 100 < record.canary["new"]["answered"] < 300  # about half of 400
         assert record.canary["new"]["error_rate"] == 1.0
         assert active_version(supervisor) == "1"
+        # A verdict, not a fault of the moment: while the registry names it, never again.
+        failure = supervisor.failure_for("2")
+        assert failure is not None and failure["retry_in"] is None
+        await asyncio.sleep(0.5)
+        assert fleet.started("2") == 1
+        supervisor.retry_now()  # POST /reload
+        await until(lambda: fleet.started("2") == 2)
 
 
 async def test_a_healthy_canary_is_promoted() -> None:

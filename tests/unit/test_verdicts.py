@@ -140,6 +140,26 @@ def test_a_much_slower_version_is_rejected_and_one_slow_answer_among_few_is_not(
     assert judge(old, tail) is Verdict.REJECTED
 
 
+def test_a_version_slow_throughout_is_rejected_even_when_a_stall_raised_the_old_p99() -> None:
+    # Seen in a benchmark: nine answers in a row of the old worker took 76-186 ms (a stall),
+    # which set its p99 above the new version's 142 ms, every answer of which took that long.
+    old = [0] * BUCKETS
+    old[bucket_of(0.008)] = 300
+    old[bucket_of(0.17)] = 9
+    new = [0] * BUCKETS
+    new[bucket_of(0.142)] = 40
+    comparison = compare(
+        LIMITS,
+        Counts(ok=309, latency=tuple(old)),
+        Counts(ok=40, latency=tuple(new)),
+        old_version="1",
+        new_version="3",
+    )
+    assert comparison.figures["latency_ratio"] < 1
+    assert comparison.verdict is Verdict.REJECTED
+    assert comparison.reason is not None and comparison.reason.startswith("p50 latency")
+
+
 def test_no_verdict_before_each_arm_has_its_minimum_of_answers() -> None:
     rng = random.Random(2)
     comparison = compare(
@@ -268,7 +288,7 @@ def test_outcomes_after_a_run_ended_are_not_counted_and_examples_are_truncated()
 
 def test_a_rolled_back_version_waits_for_the_registry_to_name_another_then_it_again() -> None:
     failures = Failures(retry_base=1, retry_cap=10, crash_window=30)
-    failures.rolled_back("2", "automatic rollback: slower")
+    failures.judged_worse("2", "automatic rollback: slower")
     assert failures.retry_in("2") == float("inf")
     described = failures.describe("2")
     assert described is not None and described["retry_in"] is None
@@ -277,6 +297,6 @@ def test_a_rolled_back_version_waits_for_the_registry_to_name_another_then_it_ag
     assert failures.retry_in("2") == float("inf")
     failures.registry_named("3")  # another version: 2 may be tried when named again
     assert failures.retry_in("2") <= 0
-    failures.rolled_back("3", "x")
+    failures.judged_worse("3", "x")
     failures.clear()  # POST /reload
     assert failures.retry_in("3") <= 0

@@ -4,8 +4,8 @@ automatic rollback after a switch. No I/O.
 Both arms see the same mix of requests, so what fails on both (a client's malformed JSON, a
 4xx any version gives) raises both shares alike and does not count against the new version.
 What does: a share of non-2xx answers higher than the old arm's by more than the allowed
-increase, or a p99 latency more than `max_latency_ratio` times the old arm's, each by a margin
-chance would not explain. Before each arm has `min_requests` answers there is no verdict."""
+increase, or a p99 or p50 latency more than `max_latency_ratio` times the old arm's, each by a
+margin chance would not explain. Before each arm has `min_requests` answers there is no verdict."""
 
 from __future__ import annotations
 
@@ -68,22 +68,32 @@ def compare(
             f"on version {old_version} (allowed: +{limits.max_error_increase:.1%})"
         )
         return _verdict(Verdict.REJECTED, reason, figures)
-    old_p99, new_p99 = old.quantile(0.99), new.quantile(0.99)
-    assert old_p99 is not None and new_p99 is not None  # both arms answered
-    ratio = new_p99 / old_p99
-    # New p99 > R x old p99 means more than 1 % of the new arm's answers were slower than
-    # that: count them, and weigh their share against the 1 % the old version would give.
-    slower = new.slower_than(limits.max_latency_ratio * old_p99) / new.answered
-    z = (slower - 0.01) / math.sqrt(0.01 * 0.99 / new.answered)
-    figures["latency_ratio"] = round(ratio, 2)
-    figures["slower_share"] = round(slower, 4)
-    if ratio > limits.max_latency_ratio and z >= Z_REJECT:
-        reason = (
-            f"p99 latency {new_p99 * 1000:.1f} ms against {old_p99 * 1000:.1f} ms on version "
-            f"{old_version}: {ratio:.1f} times (allowed: {limits.max_latency_ratio:g})"
-        )
-        return _verdict(Verdict.REJECTED, reason, figures)
+    figures["latency_ratio"] = None
+    for q, name in ((0.99, "p99"), (0.5, "p50")):
+        old_q, new_q = old.quantile(q), new.quantile(q)
+        assert old_q is not None and new_q is not None  # both arms answered
+        ratio = new_q / old_q
+        if q == 0.99:
+            figures["latency_ratio"] = round(ratio, 2)
+        else:
+            figures["p50_ratio"] = round(ratio, 2)
+        if ratio > limits.max_latency_ratio and _slower(new, limits.max_latency_ratio * old_q, q):
+            reason = (
+                f"{name} latency {new_q * 1000:.1f} ms against {old_q * 1000:.1f} ms on version "
+                f"{old_version}: {ratio:.1f} times (allowed: {limits.max_latency_ratio:g})"
+            )
+            return _verdict(Verdict.REJECTED, reason, figures)
     return _verdict(Verdict.PASSED, None, figures)
+
+
+def _slower(new: Counts, threshold: float, q: float) -> bool:
+    """Whether the new arm's quantile `q` is above `threshold` by more than chance explains:
+    more than a share 1 - q of its answers were slower than that, by Z_REJECT standard errors.
+    The p99 catches a slow tail; the p50 a version slow throughout, even when one stall of the
+    old worker's (nine answers in a row) set the old arm's p99 above the new arm's."""
+    share = new.slower_than(threshold) / new.answered
+    expected = 1 - q
+    return (share - expected) / math.sqrt(q * expected / new.answered) >= Z_REJECT
 
 
 def _z_score(old: Counts, new: Counts) -> float:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backoff import Backoff
-from .record import Step
+from .record import JudgedWorse, Step, WorkerFailed
 
 log = logging.getLogger("mlflow_bluegreen.worker.control.supervisor")
 
@@ -44,8 +44,13 @@ class Failures:
         failure = self._failed.get(version)
         return 0.0 if failure is None else failure.retry_at - time.monotonic()
 
-    def swap_failed(self, version: str, step: Step, error: str) -> float:
-        """Note a failed swap to `version`; the delay before its next attempt."""
+    def swap_failed(self, version: str, failure: WorkerFailed) -> float:
+        """Note a failed swap to `version`; the delay before its next attempt (infinite for a
+        version judged worse on live traffic: judged_worse)."""
+        step, error = failure.step, str(failure)
+        if isinstance(failure, JudgedWorse):
+            self.judged_worse(version, error)
+            return math.inf
         previous = self._failed.get(version)
         backoff = previous.backoff if previous else Backoff(self._retry_base, self._retry_cap)
         # A signature does not change by itself: asking again soon only costs a cold start.
@@ -53,10 +58,11 @@ class Failures:
         self._failed[version] = Failure(backoff, time.monotonic() + delay, error)
         return delay
 
-    def rolled_back(self, version: str, error: str) -> None:
-        """`version` served worse than the one before it and was rolled back: not tried again
-        until the registry names another version and then this one again (registry_named),
-        or an operator asks (clear)."""
+    def judged_worse(self, version: str, error: str) -> None:
+        """`version` served live traffic worse than the version it would replace (canary,
+        shadow, or after its switch): trying it again would only cost clients the same again.
+        Not tried until the registry names another version and then this one again
+        (registry_named), or an operator asks (clear)."""
         previous = self._failed.get(version)
         backoff = previous.backoff if previous else Backoff(self._retry_base, self._retry_cap)
         backoff.next_delay()  # one more attempt, for /status

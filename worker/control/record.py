@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -50,6 +51,11 @@ class WorkerFailed(Exception):
         self.step = step
         self.reason = reason
         self.output = output or []
+
+
+class JudgedWorse(WorkerFailed):
+    """A verdict on live traffic, not a fault of the moment: the version is not retried by
+    backoff (failures.judged_worse)."""
 
 
 @dataclass
@@ -126,13 +132,16 @@ def log_succeeded(record: SwapRecord) -> None:
 
 def log_rejected(record: SwapRecord, failure: WorkerFailed, serving: str, delay: float) -> None:
     log.error(
-        "swap %s -> %s %s at %s: %s; still serving %s; next attempt in %.1f s%s",
+        "swap %s -> %s %s at %s: %s; still serving %s; %s%s",
         record.from_version,
         record.to_version,
         record.result,
         failure.step,
         failure.reason,
         serving,
-        delay,
+        f"next attempt in {delay:.1f} s"
+        if math.isfinite(delay)
+        else "not tried again until the registry names another version and then this one, "
+        "or POST /reload",
         "".join(f"\n    | {line}" for line in failure.output[-5:]),
     )

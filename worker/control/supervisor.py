@@ -348,7 +348,7 @@ class Supervisor:
         """Back to the lingering version, and not this one again until the registry names
         another and then it again (or an operator asks)."""
         record = self.roster.roll_back(worker, comparison)
-        self._failures.rolled_back(worker.version, record.cause)
+        self._failures.judged_worse(worker.version, record.cause)
         self._finish(record)
 
     def _switch_back(self, version: str, cause: str) -> None:
@@ -452,7 +452,7 @@ class Supervisor:
     async def _reject(self, worker: Worker, record: SwapRecord, failure: WorkerFailed) -> None:
         # A canary may be answering requests: let them finish before the worker goes.
         await self._until(self.roster.retire(worker))
-        delay = self._failures.swap_failed(record.to_version, failure.step, str(failure))
+        delay = self._failures.swap_failed(record.to_version, failure)
         record.error = str(failure)
         record.output = failure.output
         record.end(Result.BLOCKED if failure.step == Step.SIGNATURE else Result.FAILED)

@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 from .canary import MAX_RUN, CanaryPolicy, judge
 from .compare import Limits, Verdict
-from .record import Step, SwapRecord, WorkerFailed
+from .record import JudgedWorse, Step, SwapRecord, WorkerFailed
 from .roster import Roster
 from .shadow import ShadowPolicy, ShadowRun, judge_shadow
 from .worker import Worker
@@ -90,7 +90,7 @@ async def run_shadow(
         raise WorkerFailed(Step.SHADOW, "the new worker exited during the shadow run")
     if verdict.verdict is Verdict.REJECTED:
         assert verdict.reason is not None
-        raise WorkerFailed(Step.SHADOW, verdict.reason)
+        raise JudgedWorse(Step.SHADOW, verdict.reason)
 
 
 async def run_canary(
@@ -153,7 +153,9 @@ async def run_canary(
         log.warning("canary of %s unjudged (%s): promoting it", worker.version, verdict.reason)
     if verdict.verdict is Verdict.REJECTED:
         assert verdict.reason is not None
-        raise WorkerFailed(Step.CANARY, verdict.reason)
+        if exited:
+            raise WorkerFailed(Step.CANARY, verdict.reason)
+        raise JudgedWorse(Step.CANARY, verdict.reason)
 
 
 @dataclass(frozen=True)
