@@ -74,7 +74,9 @@ class Sidecar:
                 stash=None,
                 on_line=lambda _line: None,
                 fail=lambda step, reason: EarlyFailed(f"{step}: {reason}"),
-                log_extra={"version": version},
+                # No slot yet, and log fields slot+version name a worker: the URI in its
+                # lines names the version. The worker that adopts it gives it its own.
+                log_extra={},
             ),
             env_manager=spec.env_manager,
             timeout=config.startup_timeout,

@@ -193,9 +193,10 @@ class WorkerCollector(Collector):
         )
         latency = GaugeMetricFamily(
             PREFIX + "worker_latency_seconds",
-            "Each running worker's answer time since it started, at quantiles 0.5 and 0.99 "
-            "(upper bound of a 20 % wide bucket): what a canary compares.",
-            labels=[*labels, "quantile"],
+            "Each running worker's answer time since it started, at percentiles 50 and 99 "
+            "(upper bound of a 20 % wide bucket): what a canary compares. Not a summary: its "
+            "label is `percentile`, not `quantile`.",
+            labels=[*labels, "percentile"],
         )
         for role, worker in self._workers():
             values = [worker.slot, worker.version, role]
@@ -211,7 +212,7 @@ class WorkerCollector(Collector):
                 ("other", counts.other),
             ):
                 by_class.add_metric([*values, name], count)
-            for q in (0.5, 0.99):
+            for q, percentile in ((0.5, "50"), (0.99, "99")):
                 seconds = counts.quantile(q)
-                latency.add_metric([*values, str(q)], math.nan if seconds is None else seconds)
+                latency.add_metric([*values, percentile], math.nan if seconds is None else seconds)
         yield from (rss, answered, failed, by_class, latency)
