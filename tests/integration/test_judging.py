@@ -179,8 +179,11 @@ def test_the_canary_rejects_a_version_that_raises_on_real_inputs_and_a_slow_one(
         set_alias(registry.uri, name, "live", slow)
         record = verdict_on(sidecar, slow)
         assert record["result"] == "failed", record
-        assert "p99 latency" in record["canary"]["reason"]
-        assert record["canary"]["latency_ratio"] > 5
+        # p99 (or p50, should a stall of the old worker have raised its p99) past the allowed
+        # 2 times; how far depends on how busy the machine is (4.3 to 12.8 times seen).
+        canary = record["canary"]
+        assert "latency" in canary["reason"]
+        assert max(canary["latency_ratio"], canary["p50_ratio"]) > 2
         assert {a.version for a in load.failed()} <= {raises}  # slow, but never failed
 
         set_alias(registry.uri, name, "live", good)
