@@ -183,7 +183,7 @@ def test_the_canary_rejects_a_version_that_raises_on_real_inputs_and_a_slow_one(
         # 2 times; how far depends on how busy the machine is (4.3 to 12.8 times seen).
         canary = record["canary"]
         assert "latency" in canary["reason"]
-        assert max(canary["latency_ratio"], canary["p50_ratio"]) > 2
+        assert max(canary["latency_ratio"], canary.get("p50_ratio", 0)) > 2  # p50: if p99 passed
         assert {a.version for a in load.failed()} <= {raises}  # slow, but never failed
 
         set_alias(registry.uri, name, "live", good)
