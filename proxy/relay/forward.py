@@ -19,14 +19,12 @@ from yarl import URL
 from ...worker.control.shadow import Reply, ShadowPair, ShadowRun
 from ...worker.control.worker import Worker
 from . import answers, errors, rules
-from .pools import Pools
+from .pools import STALE_CONNECTION, Pools
 from .shadow import Shadower
 
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = istr(rules.VERSION_HEADER)
-# The connection closed before any response byte: the worker never handled the request.
-_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 RequestObserver = Callable[[str, int, float], None]
 """(method, status, seconds) for every request answered."""
@@ -341,7 +339,7 @@ class Forwarder:
                     )
                 except aiohttp.ClientConnectorError as error:
                     failure, reason = rules.Failure.CONNECT, f"cannot connect: {error.os_error}"
-                except _STALE_CONNECTION as error:
+                except STALE_CONNECTION as error:
                     failure, reason = rules.Failure.STALE, repr(error)
                 except (TimeoutError, aiohttp.ServerTimeoutError):
                     failure, reason = rules.Failure.TIMEOUT, "timeout"

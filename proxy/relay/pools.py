@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 CONNECTIONS = 100  # per worker, on aiohttp's side
 
+# On aiohttp's side: the connection closed before any response byte, so the worker never
+# handled the request (a pooled keep-alive connection it had just closed).
+STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
 
 def client_session(
     read_timeout: float, limit: int, *, fresh: bool = False

@@ -16,11 +16,9 @@ from yarl import URL
 
 from ...worker.control.shadow import Reply, ShadowPair, ShadowRun
 from . import rules
-from .pools import Pools
+from .pools import STALE_CONNECTION, Pools
 
 log = logging.getLogger(__name__)
-
-_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class Shadower:
@@ -66,7 +64,7 @@ class Shadower:
             try:
                 try:
                     status, data = await _post(pooled, url, headers, body)
-                except _STALE_CONNECTION:
+                except STALE_CONNECTION:
                     # The worker closed an idle pooled connection: once more on a fresh one,
                     # as for a client's request.
                     status, data = await _post(fresh, url, headers, body)
