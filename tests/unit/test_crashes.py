@@ -15,7 +15,7 @@ from mlflow_bluegreen.proxy.relay import rules
 from mlflow_bluegreen.worker.control import CanaryPolicy, Supervisor, Trials
 
 from .fakes import Fleet, Plan
-from .test_swap import active_version, running, until
+from .test_swap import active_version, running, settled_on, until
 
 IRIS = Schema([ColSpec("double", n) for n in ("a", "b", "c")])
 FEWER = Schema([ColSpec("double", n) for n in ("a", "b")])
@@ -51,7 +51,7 @@ async def test_a_crash_while_the_wanted_version_fails_brings_back_the_one_that_s
         await until(lambda: any(r.result == "failed" for r in supervisor.history))
         crash_active(supervisor)
         # 2 backs off for 15-30 s: 1 serves meanwhile, instead of nothing.
-        await until(lambda: active_version(supervisor) == "1" and fleet.started("1") == 2)
+        await until(lambda: settled_on(supervisor, "1") and fleet.started("1") == 2)
         assert fleet.started("2") == 1
         assert supervisor.history[-1].cause.startswith("fallback: 2 cannot serve now")
         assert supervisor.wanted == "2"  # the registry's choice stands, retried after its backoff
@@ -83,7 +83,7 @@ async def test_the_old_worker_dying_during_a_canary_ends_it_at_once() -> None:
         supervisor.want("2")
         await until(lambda: supervisor.canary is not None)
         crash_active(supervisor)
-        await until(lambda: active_version(supervisor) == "2", timeout=2)
+        await until(lambda: settled_on(supervisor, "2"), timeout=2)
         record = supervisor.history[-1]
         assert record.result == "succeeded"
         assert record.canary is not None
@@ -120,7 +120,7 @@ async def test_a_version_that_keeps_crashing_backs_off_and_the_previous_one_serv
         crash_active(supervisor)  # the first early crash: restarted at once
         await until(lambda: active_version(supervisor) == "2" and fleet.started("2") == 2)
         crash_active(supervisor)  # the second in a row: 2 is failing
-        await until(lambda: active_version(supervisor) == "1" and fleet.started("1") == 2)
+        await until(lambda: settled_on(supervisor, "1") and fleet.started("1") == 2)
         failure = supervisor.status()["failed_versions"]["2"]
         assert "after taking traffic, 2 times in a row" in failure["error"]
         assert failure["retry_in"] > 10

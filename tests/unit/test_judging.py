@@ -11,7 +11,7 @@ from mlflow_bluegreen.worker.control import Limits, ShadowPolicy, Supervisor, Tr
 from mlflow_bluegreen.worker.control.shadow import Reply
 
 from .fakes import Fleet
-from .test_swap import active_version, make, running, until
+from .test_swap import active_version, make, running, settled_on, until
 
 LIMITS = Limits(max_error_increase=0.01, max_latency_ratio=2.0, min_requests=20)
 
@@ -83,7 +83,7 @@ async def test_a_version_as_good_as_the_last_is_kept_and_its_verdict_recorded() 
         await until(lambda: active_version(supervisor) == "1")
         await serve_requests(supervisor, 100, {}, {})
         supervisor.want("2")
-        await until(lambda: active_version(supervisor) == "2")
+        await until(lambda: settled_on(supervisor, "2"))
         stop = asyncio.Event()
         # Clients send the same share of malformed requests to both versions.
         load = asyncio.create_task(keep_serving(supervisor, stop, {}, {}))
@@ -103,7 +103,7 @@ async def test_too_little_traffic_after_a_switch_is_unjudged_and_kept() -> None:
         supervisor.want("1")
         await until(lambda: active_version(supervisor) == "1")
         supervisor.want("2")
-        await until(lambda: active_version(supervisor) == "2")
+        await until(lambda: settled_on(supervisor, "2"))
         record = supervisor.history[-1]
         await until(lambda: record.after_switch is not None, timeout=5)
         assert record.after_switch is not None and record.after_switch["verdict"] == "unjudged"

@@ -11,7 +11,7 @@ from mlflow_bluegreen.worker.control.policy import choose
 from mlflow_bluegreen.worker.process.memory import memory_headroom
 
 from .fakes import Fleet, Plan
-from .test_swap import active_version, make, running, until
+from .test_swap import active_version, make, running, settled_on, until
 
 MIB = 1 << 20
 
@@ -69,7 +69,7 @@ async def test_with_the_memory_policy_never_two_workers_run() -> None:
         supervisor.want("2")
         # While the new version boots nothing is active: the proxy holds requests.
         await until(lambda: supervisor.current is not None and supervisor.active is None)
-        await until(lambda: active_version(supervisor) == "2")
+        await until(lambda: settled_on(supervisor, "2"))
         record = supervisor.history[-1]
         assert record.policy == {"policy": "memory", "why": "--swap-policy memory"}
         assert list(record.steps)[:2] == ["drain", "stop"]  # before anything of version 2
@@ -83,7 +83,7 @@ async def test_with_the_memory_policy_a_failed_version_brings_the_old_one_back()
         supervisor.want("1")
         await until(lambda: active_version(supervisor) == "1")
         supervisor.want("2")
-        await until(lambda: fleet.started("1") == 2 and active_version(supervisor) == "1")
+        await until(lambda: fleet.started("1") == 2 and settled_on(supervisor, "1"))
         assert [r.result for r in supervisor.history] == ["succeeded", "failed", "succeeded"]
         assert supervisor.history[-1].cause == "fallback: 2 cannot serve now; 1 served before"
     assert fleet.max_running == 1
