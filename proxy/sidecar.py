@@ -26,6 +26,7 @@ from ..worker.model.early import EarlyFailed, EarlyPreparations
 from ..worker.model.prepare import Preparation
 from ..worker.model.stash import ModelStash
 from ..worker.model.uri import ModelRef, parse_model_uri
+from ..worker.model.venv import PreparedEnv
 from ..worker.model_worker import ModelWorker
 from ..worker.process.lifeline import become_subreaper
 from ..worker.process.memory import group_rss_bytes, memory_headroom
@@ -62,7 +63,9 @@ class Sidecar:
         self.stash = ModelStash()  # a dead worker's model copy, for its restart
         stash = self.stash
         # A pre-warmed interpreter for the next version's worker (spare.py).
-        self.spares = SpareKeeper(spec, enabled=config.spare, preload=self._flavors_served)
+        self.spares = SpareKeeper(
+            spec, enabled=config.spare, preload=self._flavors_served, where=self._env_served
+        )
         spares = self.spares
         # Downloads (and environments) begun as soon as the registry names a version.
         self.early = EarlyPreparations(
@@ -129,6 +132,11 @@ class Sidecar:
         """What the active version's model loads with: a spare imports it beforehand."""
         active = self.supervisor.active
         return active.flavor_modules() if isinstance(active, ModelWorker) else []
+
+    def _env_served(self) -> PreparedEnv | None:
+        """The virtual environment the active version is served in: where a spare waits."""
+        active = self.supervisor.active
+        return active.venv if isinstance(active, ModelWorker) else None
 
     def status(self) -> dict[str, Any]:
         return {

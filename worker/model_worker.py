@@ -18,6 +18,7 @@ from .model.card import ModelCard, read_model_card
 from .model.early import Early, EarlyFailed, EarlyPreparations
 from .model.prepare import Preparation
 from .model.stash import ModelStash
+from .model.venv import PreparedEnv
 from .probe import Probe, ProbeFailed
 from .process.child import ChildProcess
 from .process.memory import group_rss_bytes
@@ -78,6 +79,11 @@ class ModelWorker:
         return self._preparation.launch_uri
 
     @property
+    def venv(self) -> PreparedEnv | None:
+        """The virtual environment (virtualenv, uv) it is served in, once prepared."""
+        return self._preparation.venv
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
@@ -94,9 +100,11 @@ class ModelWorker:
             await self._preparation.run(self.spec.prefetch_timeout, fetch=self.spec.prefetch)
         self.port = free_port(self.spec.host)
         self.base_url = f"http://{self.spec.host}:{self.port}"
-        command = self.spec.command(self.launch_uri, self.port)
-        environment = self.spec.server_environment(self.launch_uri)
-        spare = await self._spares.take(self.launch_uri) if self._spares is not None else None
+        venv = self.venv
+        command = self.spec.command(self.launch_uri, self.port, venv)
+        environment = self.spec.server_environment(self.launch_uri, venv)
+        spares = self._spares
+        spare = await spares.take(self.launch_uri, venv) if spares is not None else None
         if spare is not None:
             # Its imports are done: told what to serve, it becomes that very command.
             self._process = spare.process
@@ -128,7 +136,7 @@ class ModelWorker:
                 exited_by_itself=self._preparation.keep_for_restart,
             )
             self._process.spawn()
-            self.launch = "direct" if self.spec.is_direct(self.launch_uri) else "cli"
+            self.launch = "direct" if self.spec.is_direct(self.launch_uri, venv) else "cli"
         self._probe = Probe(self.base_url)
         # Read the MLmodel (warm-up payload, signature) while the worker boots, not after.
         self._card = asyncio.create_task(asyncio.to_thread(read_model_card, self.launch_uri))
@@ -234,6 +242,7 @@ class ModelWorker:
             "model_uri": self.model_uri,
             "served_from": self.launch_uri,
             "launch": self.launch,
+            "environment": str(self.venv.directory) if self.venv is not None else None,
             "pid": self.pid,
             "port": self.port,
             "alive": self.alive,

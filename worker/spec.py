@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .model.prepare import is_remote
+from .model.venv import VIRTUAL_ENV_MANAGERS, PreparedEnv
 
 # The proxy's pools drop idle connections well before this (proxy/relay/pools.py), so the
 # proxy, never the worker, closes an idle connection. Otherwise a request can be written onto
@@ -47,18 +48,28 @@ class WorkerSpec:
     # (see `direct`), instead of the CLI that imports mlflow only to start it.
     direct: bool = True
 
-    def is_direct(self, model_uri: str) -> bool:
+    def is_direct(self, model_uri: str, venv: PreparedEnv | None = None) -> bool:
         """`mlflow models serve` of a local model with the local env manager runs exactly
         `uvicorn --host H --port P --workers N mlflow.pyfunc.scoring_server.app:app` with the
         model's path and the request timeout in its environment (mlflow/pyfunc/backend.py,
-        scoring_server.get_cmd). Other env managers activate an environment first: they go
-        through the CLI."""
-        return self.direct and self.env_manager == "local" and not is_remote(model_uri)
+        scoring_server.get_cmd). With virtualenv or uv it runs the same command after
+        `source <env>/bin/activate` (`venv`: that environment, found once prepare-env built
+        it, and holding a uvicorn of its own). conda activates in ways of its own: it goes
+        through the CLI, as does an environment we could not find."""
+        if not self.direct or is_remote(model_uri):
+            return False
+        if self.env_manager == "local":
+            return True
+        return venv is not None and venv.has_uvicorn and self.env_manager in VIRTUAL_ENV_MANAGERS
 
-    def command(self, model_uri: str, port: int) -> list[str]:
-        if self.is_direct(model_uri):
+    def python(self, venv: PreparedEnv | None = None) -> str:
+        """The interpreter a direct start runs its server with."""
+        return venv.python if venv is not None and self.env_manager != "local" else sys.executable
+
+    def command(self, model_uri: str, port: int, venv: PreparedEnv | None = None) -> list[str]:
+        if self.is_direct(model_uri, venv):
             return [
-                sys.executable, "-m", "uvicorn",
+                self.python(venv), "-m", "uvicorn",
                 "--host", self.host,
                 "--port", str(port),
                 "--workers", str(self.workers),
@@ -74,10 +85,13 @@ class WorkerSpec:
             "--timeout", str(self.timeout),
         ]  # fmt: skip
 
-    def server_environment(self, model_uri: str) -> dict[str, str]:
-        """`environment()`, plus what `mlflow models serve` would tell the server it starts."""
+    def server_environment(self, model_uri: str, venv: PreparedEnv | None = None) -> dict[str, str]:
+        """`environment()`, plus what `mlflow models serve` would tell the server it starts
+        (and, in a virtual environment, what activating it changes)."""
         env = self.environment()
-        if self.is_direct(model_uri):
+        if self.is_direct(model_uri, venv):
+            if venv is not None and self.env_manager != "local":
+                env = venv.activate(env)
             env[MODEL_PATH_VARIABLE] = _local_file_uri(model_uri)
             env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(self.timeout)
         return env

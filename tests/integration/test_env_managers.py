@@ -9,13 +9,16 @@ channels are out of reach offline; only PyPI is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
+import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,10 @@ import pytest
 from mlflow_bluegreen.proxy.demo import SidecarProcess
 from mlflow_bluegreen.proxy.loadgen import IRIS_PAYLOAD, LoadResult, closed_loop
 from mlflow_bluegreen.worker.sandbox import iris_frame, register_iris_version, set_alias
-from mlflow_bluegreen.worker.spec import WorkerSpec
+from mlflow_bluegreen.worker.spec import WorkerSpec, free_port
 
 from .conftest import Registry
+from .test_transparency import SAME_HASH_SEED, assert_same_answers, exchange
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +150,18 @@ def serving_env(worker_pid: int, root: Path) -> Path:
     raise AssertionError(f"no process of worker group {worker_pid} runs from {root}")
 
 
+def wait_spare_beside_active(sidecar: SidecarProcess) -> None:
+    """Until a spare is ready in the environment the active version is served in."""
+
+    def ready(status: dict[str, Any]) -> bool:
+        spare, active = status.get("spare") or {}, status.get("active") or {}
+        return bool(spare.get("ready") and spare.get("alive")) and (
+            spare.get("environment") == active.get("environment") is not None
+        )
+
+    sidecar.wait_until(ready, BUILD_TIMEOUT, "a spare where the active version is served")
+
+
 def swap_to(status: dict[str, Any], version: str) -> dict[str, Any]:
     return next(h for h in status["history"] if h["to"] == version)
 
@@ -191,6 +207,8 @@ def test_local_model_is_served_from_an_environment_built_at_start(
     envs = built_envs(root)
     assert len(envs) == 1
     assert serving_env(state["active"]["pid"], root) == envs[0]
+    # Started in it directly, as the activated command would run, not through the CLI.
+    assert (state["active"]["launch"], state["active"]["environment"]) == ("direct", str(envs[0]))
     print(f"{env_manager}: environment built in {swap['steps']['prepare_env']:.1f} s")
     assert sidecar.stop() == 0
 
@@ -200,8 +218,9 @@ def test_registry_alias_moves_build_each_version_environment_without_failed_requ
     registry: Registry, start_sidecar: Callable[..., SidecarProcess], tmp_path: Path
 ) -> None:
     """Seed scenario IV: `serve -m models:/name@alias --env-manager uv`, the alias moved twice
-    under load: to a version with the same requirements (its environment is reused), then to
-    one that needs another package (a new environment, built while the old version serves)."""
+    under load: to a version with the same requirements (its environment is reused, and its
+    worker starts in the spare waiting there), then to one that needs another package (a new
+    environment, built while the old version serves; the spare in the old one is no use)."""
     require("uv")
     name, alias = "iris-uv", "live"
     first = register_iris_version(registry.uri, name, 1.0)
@@ -219,14 +238,17 @@ def test_registry_alias_moves_build_each_version_environment_without_failed_requ
     wait_serving(sidecar, first)
     assert len(built_envs(root)) == 1
 
+    started: dict[str, dict[str, Any]] = {}  # each version's worker as it began serving
+
     async def scenario() -> LoadResult:
         stop = asyncio.Event()
         load = asyncio.create_task(closed_loop(f"{sidecar.url}/invocations", stop, concurrency=2))
         for target in (same, other):
-            await asyncio.sleep(1)
+            await asyncio.to_thread(wait_spare_beside_active, sidecar)
             await asyncio.to_thread(set_alias, registry.uri, name, alias, target)
             await asyncio.to_thread(wait_serving, sidecar, target)
-        await asyncio.sleep(1)
+            started[target] = sidecar.status()["active"]
+        await asyncio.to_thread(wait_spare_beside_active, sidecar)
         stop.set()
         return await load
 
@@ -247,6 +269,14 @@ def test_registry_alias_moves_build_each_version_environment_without_failed_requ
     assert len(envs) == 2, envs
     active_env = serving_env(state["active"]["pid"], root)
     assert list(active_env.glob(f"lib/python*/site-packages/{module}")), active_env
+    first_env = next(env for env in envs if env != active_env)
+    # `same` needs what `first` needed: the spare made in that environment served it ...
+    assert (started[same]["launch"], started[same]["environment"]) == ("spare", str(first_env))
+    # ... and `other` needs another: it started directly in its own, and the spare left there
+    # for `same` was stopped rather than used; a new one waits where `other` is served now.
+    assert (started[other]["launch"], started[other]["environment"]) == ("direct", str(active_env))
+    assert "this version's requirements are served from" in sidecar.log_text()
+    assert state["spare"]["environment"] == str(active_env) and state["spare"]["used"] == 1
     print(
         f"uv: first build {swap_to(state, first)['steps']['prepare_env']:.1f} s, "
         f"reused {swap_to(state, same)['steps']['prepare_env']:.1f} s, "
@@ -254,3 +284,60 @@ def test_registry_alias_moves_build_each_version_environment_without_failed_requ
         f"{len(result.outcomes)} requests, {len(result.failures)} failed"
     )
     assert sidecar.stop() == 0
+
+
+@contextlib.contextmanager
+def plain_serve(model_uri: str, env_manager: str, env: dict[str, str]) -> Iterator[int]:
+    """A plain `mlflow models serve --env-manager ...` of `model_uri`, with our workers'
+    environment (`env` on top): its port, once it answers /ping."""
+    spec = WorkerSpec(env_manager=env_manager, direct=False, base_env={**os.environ, **env})
+    port = free_port()
+    process = subprocess.Popen(
+        spec.command(model_uri, port),
+        env=spec.environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + BUILD_TIMEOUT
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if exchange(port, "GET", "/ping", None, b"")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError(f"mlflow models serve exited with {process.returncode} or hung")
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+@pytest.mark.timeout(900)
+def test_in_a_uv_environment_workers_answer_as_mlflow_models_serve_does(
+    registry: Registry, start_sidecar: Callable[..., SidecarProcess], tmp_path: Path
+) -> None:
+    """Started directly in the environment, then from the spare waiting there: every answer is
+    the one a plain `mlflow models serve --env-manager uv` of the same version gives."""
+    require("uv")
+    name = "iris-uv-plain"
+    first = register_iris_version(registry.uri, name, 1.0)
+    second = register_iris_version(registry.uri, name, 0.05)
+    set_alias(registry.uri, name, "live", first)
+    env = {**environment_for("uv", tmp_path / "envs"), **SAME_HASH_SEED}
+    sidecar = start_sidecar(
+        f"models:/{name}@live", "--env-manager", "uv", "--poll-interval", "0.5", env=env
+    )
+    wait_serving(sidecar, first)
+    assert sidecar.status()["active"]["launch"] == "direct"
+    plain_env = {**env, "MLFLOW_TRACKING_URI": registry.uri}
+    with plain_serve(f"models:/{name}/{first}", "uv", plain_env) as port:
+        assert assert_same_answers(port, sidecar, first) >= {200, 400, 404, 405, 415}
+    wait_spare_beside_active(sidecar)
+    set_alias(registry.uri, name, "live", second)
+    wait_serving(sidecar, second)
+    assert sidecar.status()["active"]["launch"] == "spare"
+    with plain_serve(f"models:/{name}/{second}", "uv", plain_env) as port:
+        assert_same_answers(port, sidecar, second)

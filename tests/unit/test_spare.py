@@ -4,8 +4,17 @@ and when one is used at all."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from mlflow_bluegreen.worker.spare import Spare, SpareKeeper, installed_fingerprint
+import pytest
+
+from mlflow_bluegreen.worker.model.venv import PreparedEnv
+from mlflow_bluegreen.worker.spare import (
+    Spare,
+    SpareKeeper,
+    installed_fingerprint,
+    installed_mlflow,
+)
 from mlflow_bluegreen.worker.spare_main import READY
 from mlflow_bluegreen.worker.spec import WorkerSpec
 
@@ -29,8 +38,56 @@ def test_only_a_direct_single_worker_start_can_use_a_spare() -> None:
     assert SpareKeeper(WorkerSpec()).eligible("/models/iris")
     assert not SpareKeeper(WorkerSpec(), enabled=False).eligible("/models/iris")
     assert not SpareKeeper(WorkerSpec(workers=2)).eligible("/models/iris")
-    assert not SpareKeeper(WorkerSpec(env_manager="uv")).eligible("/models/iris")
-    assert SpareKeeper(WorkerSpec(env_manager="uv")).status() is None  # none made at all
+    assert not SpareKeeper(WorkerSpec(env_manager="conda")).eligible("/models/iris")
+    assert SpareKeeper(WorkerSpec(env_manager="conda")).status() is None  # none made at all
     assert SpareKeeper(WorkerSpec(direct=False)).status() is None
     assert not SpareKeeper(WorkerSpec()).eligible("models:/iris/2")  # not downloaded first
     assert SpareKeeper(WorkerSpec(), enabled=False).status() is None
+
+
+def venv_at(directory: Path) -> PreparedEnv:
+    (directory / "bin").mkdir(parents=True)
+    (directory / "bin" / "uvicorn").write_text("#!/bin/sh\n")
+    return PreparedEnv(directory, {"VIRTUAL_ENV": str(directory)})
+
+
+@pytest.mark.parametrize("env_manager", ["uv", "virtualenv"])
+def test_in_virtual_environments_a_spare_waits_in_one(tmp_path: Path, env_manager: str) -> None:
+    keeper = SpareKeeper(WorkerSpec(env_manager=env_manager))
+    assert keeper.status() == {"used": 0, "replaced": 0}
+    assert keeper.eligible("/models/iris", venv_at(tmp_path / "env"))
+    assert not keeper.eligible("/models/iris")  # its environment was not found
+
+
+async def test_a_spare_in_another_environment_is_not_used(tmp_path: Path) -> None:
+    """Another environment is another set of requirements: its imports are not this version's."""
+    keeper = SpareKeeper(WorkerSpec(env_manager="uv"))
+    waiting, needed = venv_at(tmp_path / "a"), venv_at(tmp_path / "b")
+    spare = Spare(process=None, fingerprint="f", venv=waiting)  # type: ignore[arg-type]
+    why = await keeper._unfit(spare, needed)
+    assert why is not None and str(tmp_path / "a") in why and str(tmp_path / "b") in why
+
+
+def test_a_spare_is_kept_where_the_active_version_is_served(tmp_path: Path) -> None:
+    served = {"env": venv_at(tmp_path / "a")}
+    keeper = SpareKeeper(WorkerSpec(env_manager="uv"), where=lambda: served["env"])
+    spare = Spare(process=None, fingerprint="f", venv=served["env"])  # type: ignore[arg-type]
+    assert keeper._placed_right(spare)
+    served["env"] = venv_at(tmp_path / "b")  # a version of other requirements serves now
+    assert not keeper._placed_right(spare)
+    # With the local env manager every spare runs our interpreter.
+    assert SpareKeeper(WorkerSpec())._placed_right(Spare(process=None, fingerprint="f"))  # type: ignore[arg-type]
+
+
+def test_the_fingerprint_of_a_virtual_environment_follows_its_packages(tmp_path: Path) -> None:
+    venv = venv_at(tmp_path / "env")
+    site = tmp_path / "env" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    before = installed_fingerprint({}, venv)
+    assert installed_mlflow(venv) is None
+    dist = site / "mlflow-3.17.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlflow\nVersion: 3.17.2\n")
+    assert installed_fingerprint({}, venv) != before
+    assert installed_mlflow(venv) == "3.17.2"
+    assert installed_fingerprint({}, venv) != installed_fingerprint({})  # not ours

@@ -14,13 +14,14 @@ import pytest
 
 from mlflow_bluegreen.worker.model import prepare
 from mlflow_bluegreen.worker.model.stash import LocalCopy, ModelStash
+from mlflow_bluegreen.worker.model.venv import PreparedEnv
 from mlflow_bluegreen.worker.model_worker import ModelWorker
 from mlflow_bluegreen.worker.spec import WorkerSpec
 
 
 @dataclass(frozen=True)
 class SleeperSpec(WorkerSpec):
-    def command(self, model_uri: str, port: int) -> list[str]:
+    def command(self, model_uri: str, port: int, venv: PreparedEnv | None = None) -> list[str]:
         return [sys.executable, "-c", "import time; time.sleep(120)"]
 
 
