@@ -186,14 +186,15 @@ def wait_serving(sidecar: SidecarProcess, version: str) -> None:
 def test_local_model_is_served_from_an_environment_built_at_start(
     env_manager: str, start_sidecar: Callable[..., SidecarProcess], tmp_path: Path
 ) -> None:
-    """Seed scenario II: `serve -m ./model --env-manager uv|virtualenv`."""
+    """Seed scenario II: `serve -m ./model --env-manager uv|virtualenv`, where Python may not
+    write bytecode (as in our image): the environment must come with it, or every boot of
+    every version compiles MLflow and scikit-learn again."""
     require(env_manager)
     model = tmp_path / "iris-model"
     uuid = save_iris_model(model)
     root = tmp_path / "envs"
-    sidecar = start_sidecar(
-        str(model), "--env-manager", env_manager, env=environment_for(env_manager, root)
-    )
+    env = {**environment_for(env_manager, root), "PYTHONDONTWRITEBYTECODE": "1"}
+    sidecar = start_sidecar(str(model), "--env-manager", env_manager, env=env)
     wait_serving(sidecar, uuid)
 
     status, version, body = predict(sidecar)
@@ -209,6 +210,7 @@ def test_local_model_is_served_from_an_environment_built_at_start(
     assert serving_env(state["active"]["pid"], root) == envs[0]
     # Started in it directly, as the activated command would run, not through the CLI.
     assert (state["active"]["launch"], state["active"]["environment"]) == ("direct", str(envs[0]))
+    assert list(envs[0].glob("lib/python*/site-packages/mlflow/__pycache__/*.pyc")), envs[0]
     print(f"{env_manager}: environment built in {swap['steps']['prepare_env']:.1f} s")
     assert sidecar.stop() == 0
 

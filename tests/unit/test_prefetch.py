@@ -52,3 +52,19 @@ async def test_a_step_over_its_time_is_killed() -> None:
     with pytest.raises(StepFailed, match=r"took more than 0\.5 s") as failure:
         await step.run(timeout=0.5)
     assert failure.value.output == ["downloading"]
+
+
+async def test_a_niced_step_and_what_it_starts_yield_the_cpu() -> None:
+    """An environment build yields to the serving worker: the step and the installer it runs
+    (its child, started after the step began) run at the lower priority."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    child = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
+    code = (
+        "import os, subprocess, sys, time; time.sleep(0.2); "
+        "print(os.getpriority(os.PRIO_PROCESS, 0)); "
+        f"subprocess.run([sys.executable, '-c', {child!r}])"
+    )
+    step = Step(python(code), os.environ, lambda _line: None, nice=10)
+    assert await step.run(timeout=30) == [str(min(ours + 10, 19))] * 2
+    plain = Step(python(child), os.environ, lambda _line: None)
+    assert await plain.run(timeout=30) == [str(ours)]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_bluegreen.worker.model.prepare import prepare_env_environment
 from mlflow_bluegreen.worker.model.venv import (
     EnvNotFound,
     PreparedEnv,
@@ -95,3 +96,14 @@ def test_the_environment_named_by_mlflow_for_the_model_is_found_once_built(
     assert named is not None and Path(named[1]).parent == tmp_path / "envs"
     make_env("venv", Path(named[1]))
     assert model_env_dir(f"file://{model}", "virtualenv", workers_env) == Path(named[1])
+
+
+def test_uv_builds_compile_bytecode_unless_the_operator_said_otherwise() -> None:
+    given = {"PATH": "/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+    assert prepare_env_environment(given, "uv") == {**given, "UV_COMPILE_BYTECODE": "1"}
+    assert given == {"PATH": "/bin", "PYTHONDONTWRITEBYTECODE": "1"}  # not changed in place
+    told = {"UV_COMPILE_BYTECODE": "0"}
+    assert prepare_env_environment(told, "uv") == told
+    # pip compiles bytecode as it installs; conda's packages come compiled.
+    for env_manager in ("virtualenv", "conda"):
+        assert prepare_env_environment(given, env_manager) == given
