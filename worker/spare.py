@@ -37,6 +37,10 @@ QUIET_DELAY = 2.0
 # A spare still importing when a swap wants it is waited for (the rest of its imports take less
 # than a whole cold start), up to this long.
 READY_WAIT = 30.0
+# A spare that exits before its imports are done (an environment whose MLflow or uvicorn
+# cannot be imported) would otherwise be made again every QUIET_DELAY: each try waits twice
+# as long as the one before, up to this, until one is ready.
+RETRY_LIMIT = 300.0
 
 # What a spare runs: spare_main.py by its path, not `-m mlflow_bluegreen...`, because the
 # environment of a model's requirements does not have our package. It uses the standard
@@ -120,6 +124,7 @@ class SpareKeeper:
         self._making: asyncio.Task[None] | None = None
         self._closed = False
         self._watchers: set[asyncio.Task[None]] = set()
+        self._failed_in_a_row = 0  # spares that exited before they were ready
         self.used = 0
         self.replaced = 0
 
@@ -153,6 +158,7 @@ class SpareKeeper:
             await spare.process.stop(2.0)
             return None
         self.used += 1
+        self._failed_in_a_row = 0
         return spare
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -239,8 +245,10 @@ class SpareKeeper:
             self.replaced += 1
             await old.process.stop(2.0)
         venv = self._where() if self.spec.env_manager != "local" else None
-        if self.spec.env_manager != "local" and venv is None:
-            return  # the active version's environment is unknown: a spare would not be used
+        if self.spec.env_manager != "local" and (venv is None or not venv.has_uvicorn):
+            # Its environment is unknown, or a worker there starts through the CLI (it has no
+            # uvicorn of its own): a spare there would not be used.
+            return
         environment = self.spec.environment()
         if venv is not None:
             environment = venv.activate(environment)
@@ -275,13 +283,23 @@ class SpareKeeper:
         async def watch() -> None:
             code = await spare.process.wait_exit()
             if self._spare is spare:  # not taken: it died waiting
-                log.warning(
-                    "spare pid %s exited with code %s; making another", spare.process.pid, code
-                )
                 self._spare = None
                 self.replaced += 1
                 spare.process.close()
-                self.replenish()
+                if spare.ready.is_set():
+                    self._failed_in_a_row, delay, how = 0, self._quiet_delay, ""
+                else:
+                    self._failed_in_a_row += 1
+                    delay = min(self._quiet_delay * 2**self._failed_in_a_row, RETRY_LIMIT)
+                    how = " before it was ready" + (f" ({spare.lines[-1]})" if spare.lines else "")
+                log.warning(
+                    "spare pid %s exited with code %s%s; making another in %.1f s",
+                    spare.process.pid,
+                    code,
+                    how,
+                    delay,
+                )
+                self.replenish(delay)
 
         task = asyncio.create_task(watch(), name="spare-watch")
         self._watchers.add(task)

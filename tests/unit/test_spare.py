@@ -3,6 +3,8 @@ and when one is used at all."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -91,3 +93,40 @@ def test_the_fingerprint_of_a_virtual_environment_follows_its_packages(tmp_path:
     assert installed_fingerprint({}, venv) != before
     assert installed_mlflow(venv) == "3.17.2"
     assert installed_fingerprint({}, venv) != installed_fingerprint({})  # not ours
+
+
+def failing_env(directory: Path, *, uvicorn: bool = True) -> PreparedEnv:
+    """An environment whose python exits at once, as one whose MLflow cannot be imported."""
+    venv = venv_at(directory)
+    if not uvicorn:
+        (directory / "bin" / "uvicorn").unlink()
+    python = directory / "bin" / "python"
+    python.write_text(
+        f"#!/bin/sh\necho 'No module named mlflow'\ndate +%s.%N >> {directory}/tries\nexit 1\n"
+    )
+    python.chmod(0o755)
+    return venv
+
+
+async def test_a_spare_that_cannot_start_is_tried_again_ever_later(tmp_path: Path) -> None:
+    venv = failing_env(tmp_path / "env")
+    keeper = SpareKeeper(WorkerSpec(env_manager="uv"), where=lambda: venv, quiet_delay=0.05)
+    keeper.replenish(delay=0.0)
+    await asyncio.sleep(1.5)
+    await keeper.close()
+    tries = [float(t) for t in (tmp_path / "env" / "tries").read_text().split()]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    # Tried again after 0.1, 0.2, 0.4, 0.8 s (and the time each try takes), not every 0.05 s.
+    assert len(tries) >= 3, tries
+    assert all(gap >= 0.05 * 2 ** (k + 1) for k, gap in enumerate(gaps)), gaps
+    assert keeper.replaced >= len(tries) - 1
+
+
+async def test_no_spare_is_made_where_a_worker_would_not_start_directly(tmp_path: Path) -> None:
+    venv = failing_env(tmp_path / "env", uvicorn=False)  # no uvicorn: the CLI starts it
+    keeper = SpareKeeper(WorkerSpec(env_manager="uv"), where=lambda: venv, quiet_delay=0.0)
+    keeper.replenish()
+    await asyncio.sleep(0.3)
+    assert not (tmp_path / "env" / "tries").exists()
+    assert keeper.status() == {"used": 0, "replaced": 0}
+    await keeper.close()
