@@ -70,6 +70,7 @@ class Admin:
     sidecar: Sidecar
     resolver: FakeResolver
     pokes: list[float] = field(default_factory=list)
+    prepared_early: list[tuple[str, str]] = field(default_factory=list)
 
     async def post(
         self, path: str, *, token: str | None = None, **kwargs: Any
@@ -102,6 +103,10 @@ async def start() -> AsyncIterator[Start]:
         await client.start_server()
         clients.append(client)
         started = Admin(client, sidecar, resolver)
+        # Early preparation of a version a webhook names is only recorded: run for real, it
+        # would download from a registry these tests do not have (MLflow's default, a
+        # mlflow.db in the working directory).
+        sidecar.early.begin = lambda *named: started.prepared_early.append(named)  # type: ignore[method-assign]
         if watch:
             # As `serve` does: one lookup first, then the loop (which now waits 600 s or a poke).
             assert await sidecar.watcher.resolve_now()
@@ -338,6 +343,12 @@ async def test_our_alias_moving_triggers_a_registry_lookup(start: Start) -> None
     await wait_for(lambda: server.sidecar.watcher.last_version == "2")
     assert server.resolver.calls == 2
     assert server.sidecar.supervisor.wanted == "2"
+    # Each version's download was begun as soon as a lookup named it (the first one's at
+    # start), before its swap got to it.
+    assert server.prepared_early == [
+        ("1", "models:/example_model/1"),
+        ("2", "models:/example_model/2"),
+    ]
 
 
 async def test_webhook_with_a_bearer_token_too_is_fine(start: Start) -> None:
