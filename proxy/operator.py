@@ -160,6 +160,9 @@ def describe_status(status: dict[str, Any], history: int = 5) -> str:
     canary = status.get("canary")
     if canary:
         lines.append(f"canary:     {_worker(canary)}, {canary.get('percent', 0):.0f} % of traffic")
+    shadow = status.get("shadow")
+    if shadow:
+        lines.append(f"shadow:     {_worker(shadow)}, {_shadow_so_far(shadow)}")
     pinned = pinned_version(status)
     if pinned is not None:
         lines.append(
@@ -184,6 +187,16 @@ def describe_status(status: dict[str, Any], history: int = 5) -> str:
     else:
         lines.append("last swaps: none yet")
     return "\n".join(lines)
+
+
+def _shadow_so_far(shadow: dict[str, Any]) -> str:
+    compared = shadow.get("compared") or 0
+    agreed = shadow.get("agreed") or 0
+    agreement = f"{100 * agreed / compared:.1f} %" if compared else "-"
+    return (
+        f"a copy of {shadow.get('percent', 0):g} % of predictions: {shadow.get('sent', 0)} sent, "
+        f"{shadow.get('dropped', 0)} dropped, {agreed} of {compared} answers agree ({agreement})"
+    )
 
 
 def pinned_version(status: dict[str, Any]) -> str | None:

@@ -47,6 +47,9 @@ class Upstream:
     async def close(self) -> None:
         """Nothing to close: connections to it are the relay's (pools.py)."""
 
+    def status(self) -> dict[str, Any]:
+        return {"version": self.version, "url": self.base_url, "in_flight": self.in_flight.count}
+
 
 def _no_workers(slot: str, version: str) -> Worker:
     raise AssertionError("the relay's tests run no swaps")

@@ -56,3 +56,14 @@ def test_a_rollback_pins_the_target_whatever_the_registry_names() -> None:
     assert "pinned:     version 1 by a rollback" in describe_status(moved)
     # `pinned` as a bare version is read the same way.
     assert watch_outcome(status(pinned="1")) == (OK, "serving version 1: rollout complete")
+
+
+def test_a_shadow_run_is_shown_with_its_agreement_so_far() -> None:
+    shadow = {"slot": "green", "version": "2", "pid": 11, "port": 5001, "in_flight": 1}
+    shadow |= {"percent": 25, "seconds": 60, "sent": 41, "dropped": 2, "compared": 40}
+    shown = describe_status(status(shadow={**shadow, "agreed": 38}))
+    assert (
+        "shadow:     version 2 (slot green, pid 11, port 5001, 1 in flight), a copy of 25 % of "
+        "predictions: 41 sent, 2 dropped, 38 of 40 answers agree (95.0 %)"
+    ) in shown
+    assert "shadow:" not in describe_status(status(shadow=None))

@@ -102,6 +102,10 @@ async def test_copies_are_compared_and_the_client_sees_the_active_answer_only(
     # Copies are in no client-facing metric: five requests, five observations.
     assert len(proxy.seen) == 5 and all(seen[1] == 200 for seen in proxy.seen)
     assert run.worker.in_flight.answered == 0  # nor in the canary's tally
+    # /status shows the run as it goes.
+    shown = proxy.supervisor.roles.status()["shadow"]
+    assert (shown["version"], shown["percent"], shown["sent"]) == ("2", 100, 5)
+    assert (shown["compared"], shown["agreed"], shown["dropped"]) == (5, agreed, 0)
     if agreed == 0:
         why = run.examples[0]["why"]
         assert why in (

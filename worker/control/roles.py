@@ -80,11 +80,23 @@ class Roles:
             "active": _describe(self.active, since=self.active_since),
             "lingering": _describe(self.lingering, until=self.lingering_until),
             "canary": _describe(self.canary, percent=100 * self.canary_share),
-            "shadow": None
-            if self.shadow is None
-            else _describe(self.shadow.worker, percent=self.shadow.policy.percent),
+            "shadow": None if self.shadow is None else _describe_shadow(self.shadow),
         }
 
 
 def _describe(worker: Worker | None, **extra: Any) -> dict[str, Any] | None:
     return None if worker is None else {**worker.status(), **extra}
+
+
+def _describe_shadow(run: ShadowRun) -> dict[str, Any] | None:
+    """The shadowed worker, and how its answers compare so far (the full figures go to the
+    swap's history when the run ends)."""
+    return _describe(
+        run.worker,
+        percent=run.policy.percent,
+        seconds=run.policy.seconds,
+        sent=run.sent,
+        dropped=run.dropped,
+        compared=run.compared,
+        agreed=run.agreed,
+    )
