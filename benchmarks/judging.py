@@ -31,7 +31,6 @@ a shadow run cost a client request, or a sidecar did not exit 0.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import json
@@ -49,7 +48,17 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO, machine, out_path, percentile, table, versions, write_json
-from openloop import ERROR, LATENCY, SCHEDULED, SEND_LAG, STATUS, VERSION, LoadChild, Record
+from openloop import (
+    ERROR,
+    LATENCY,
+    SCHEDULED,
+    SEND_LAG,
+    STATUS,
+    VERSION,
+    LoadChild,
+    Record,
+    open_loop,
+)
 from swap_under_load import p99_ratio_interval
 
 KIND = 7  # appended to openloop's Record fields: which part of the mix a request was
@@ -125,62 +134,16 @@ async def mixed_open_loop(
     url: str, rate: float, max_outstanding: int, timeout: float, max_seconds: float
 ) -> dict[str, Any]:
     """openloop.open_loop with a payload per request from the mix; each record gets its kind."""
-    import aiohttp
-
-    from mlflow_bluegreen.proxy.loadgen import VERSION_HEADER
-
-    if not url.startswith("http://127.0.0.1:"):
-        raise SystemExit(f"loopback targets only, not {url}")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_stdin() -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
-            loop.remove_reader(sys.stdin.fileno())
-            stop.set()
-
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
-    slots = asyncio.Semaphore(max_outstanding)
     kinds = kinds_for(int(rate * max_seconds) + 1)
-    records: list[Record] = []
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=max_outstanding)
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    interval = 1.0 / rate
-    t0 = time.monotonic() + 0.2
-
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-
-        async def one(index: int, due: float) -> None:
-            kind = kinds[index]
-            async with slots:
-                sent = time.monotonic()
-                status = version = error = None
-                try:
-                    async with session.post(url, data=PAYLOADS[kind], headers=headers) as response:
-                        await response.read()
-                        status, version = response.status, response.headers.get(VERSION_HEADER)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:160]
-                done = time.monotonic()
-            records.append([index, due - t0, sent - due, done - due, status, version, error, kind])
-
-        print(json.dumps({"t0": t0}), flush=True)
-        tasks: set[asyncio.Task[None]] = set()
-        index = 0
-        while not stop.is_set() and index * interval < max_seconds:
-            due = t0 + index * interval
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(index, due))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            index += 1
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout + 5)
-    records.sort()
-    return {"t0": t0, "rate": rate, "records": records}
+    return await open_loop(
+        url,
+        rate,
+        max_outstanding,
+        timeout,
+        max_seconds,
+        body_for=lambda index: PAYLOADS[kinds[index]],
+        label_for=kinds.__getitem__,
+    )
 
 
 class MixedLoad(LoadChild):

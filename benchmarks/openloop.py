@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,23 @@ INDEX, SCHEDULED, SEND_LAG, LATENCY, STATUS, VERSION, ERROR = range(7)
 
 
 async def open_loop(
-    url: str, rate: float, max_outstanding: int, timeout: float, max_seconds: float
+    url: str,
+    rate: float,
+    max_outstanding: int,
+    timeout: float,
+    max_seconds: float,
+    *,
+    body_for: Callable[[int], bytes] | None = None,
+    label_for: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
-    """Fixed arrival rate until stdin closes or `max_seconds` pass; returns t0 and the records."""
+    """Fixed arrival rate until stdin closes or `max_seconds` pass; returns t0 and the records.
+    Request `index` sends `body_for(index)` (default: the iris rows); with `label_for`, its
+    record ends with that label."""
     import aiohttp
 
     from mlflow_bluegreen.proxy.loadgen import IRIS_PAYLOAD, VERSION_HEADER
+
+    body_of = body_for or (lambda _index: IRIS_PAYLOAD)
 
     if not url.startswith("http://127.0.0.1:"):
         raise SystemExit(f"loopback targets only, not {url}")
@@ -61,17 +73,21 @@ async def open_loop(
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
 
         async def one(index: int, due: float) -> None:
+            body = body_of(index)
             async with slots:
                 sent = time.monotonic()
                 status = version = error = None
                 try:
-                    async with session.post(url, data=IRIS_PAYLOAD, headers=headers) as response:
+                    async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         status, version = response.status, response.headers.get(VERSION_HEADER)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     error = f"{type(exc).__name__}: {exc}"[:160]
                 done = time.monotonic()
-            records.append([index, due - t0, sent - due, done - due, status, version, error])
+            record = [index, due - t0, sent - due, done - due, status, version, error]
+            if label_for is not None:
+                record.append(label_for(index))
+            records.append(record)
 
         print(json.dumps({"t0": t0}), flush=True)
         tasks: set[asyncio.Task[None]] = set()
