@@ -37,9 +37,7 @@ import json
 import logging
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -149,28 +147,7 @@ async def mixed_open_loop(
 class MixedLoad(LoadChild):
     """LoadChild running this file's mixed generator (`judging.py --load-child ...`)."""
 
-    def __init__(
-        self, url: str, *, rate: float, timeout: float = 30.0, max_seconds: float = 600.0
-    ) -> None:
-        self.timeout = timeout
-        fd, name = tempfile.mkstemp(prefix="bench-judging-load-", suffix=".json")
-        os.close(fd)
-        self.out = Path(name)
-        command = [
-            sys.executable, __file__, "--load-child", url,
-            "--rate", str(rate),
-            "--timeout", str(timeout),
-            "--max-seconds", str(max_seconds),
-            "--out", str(self.out),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"load generator exited with {self.process.wait()}")
-        self.t0 = float(json.loads(line)["t0"])
+    program = (__file__, "--load-child")
 
 
 def load_child_main(argv: list[str]) -> int:

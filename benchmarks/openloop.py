@@ -109,7 +109,10 @@ async def open_loop(
 
 class LoadChild:
     """The generator as a child process. `t0` is its CLOCK_MONOTONIC start; stop() closes its
-    stdin, waits, and returns the records (scheduled times already relative to t0)."""
+    stdin, waits, and returns the records (scheduled times already relative to t0).
+    `program` is the script (and its first arguments) the child runs."""
+
+    program: tuple[str, ...] = (__file__,)
 
     def __init__(
         self,
@@ -125,7 +128,7 @@ class LoadChild:
         os.close(fd)
         self.out = Path(name)
         command = [
-            sys.executable, __file__, url,
+            sys.executable, *self.program, url,
             "--rate", str(rate),
             "--max-outstanding", str(max_outstanding),
             "--timeout", str(timeout),

@@ -73,3 +73,37 @@ def test_shadow_cost_compares_the_shadow_run_with_as_long_a_window_before_the_mo
     assert cost["shadow_p99_ms"] == pytest.approx(10.98, abs=0.01)
     assert cost["ratio"] == pytest.approx(1.84, abs=0.01)
     assert bench.shadow_cost(bench.Move("good", "4", 1.0, 2.0, {}), rows) is None
+
+
+async def test_the_mixed_load_sends_each_request_the_body_of_its_kind(bench) -> None:
+    """The load child against a server that answers each body by what it is: every record's
+    kind must match the answer its body got, at the fixed rate."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    kind_of = {body: kind for kind, body in bench.PAYLOADS.items()}
+    status_of = {"ordinary": 200, "edge": 201, "malformed": 400}
+
+    async def invocations(request: web.Request) -> web.Response:
+        kind = kind_of[await request.read()]
+        return web.Response(status=status_of[kind], text=kind)
+
+    app = web.Application()
+    app.router.add_post("/invocations", invocations)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        load = await asyncio.to_thread(
+            bench.MixedLoad, f"http://127.0.0.1:{server.port}/invocations", rate=100, max_seconds=1
+        )
+        await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - load.t0)))
+        records = await asyncio.to_thread(load.stop)
+    finally:
+        await server.close()
+    assert [r[0] for r in records] == list(range(100))
+    kinds = bench.kinds_for(101)
+    assert [r[bench.KIND] for r in records] == kinds[:100]
+    assert [r[bench.STATUS] for r in records] == [status_of[kind] for kind in kinds[:100]]
