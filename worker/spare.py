@@ -245,7 +245,7 @@ class SpareKeeper:
             self.replaced += 1
             await old.process.stop(2.0)
         venv = self._where() if self.spec.env_manager != "local" else None
-        if self.spec.env_manager != "local" and (venv is None or not venv.has_uvicorn):
+        if not self.spec.starts_directly_in(venv):
             # Its environment is unknown, or a worker there starts through the CLI (it has no
             # uvicorn of its own): a spare there would not be used.
             return

@@ -56,7 +56,12 @@ class WorkerSpec:
         `source <env>/bin/activate` (`venv`: that environment, found once prepare-env built
         it, and holding a uvicorn of its own). conda activates in ways of its own: it goes
         through the CLI, as does an environment we could not find."""
-        if not self.direct or is_remote(model_uri):
+        return not is_remote(model_uri) and self.starts_directly_in(venv)
+
+    def starts_directly_in(self, venv: PreparedEnv | None) -> bool:
+        """The environment's part of `is_direct`: ours, or a virtual one we found that has its
+        own uvicorn."""
+        if not self.direct:
             return False
         if self.env_manager == "local":
             return True
