@@ -91,12 +91,4 @@ def _describe(worker: Worker | None, **extra: Any) -> dict[str, Any] | None:
 def _describe_shadow(run: ShadowRun) -> dict[str, Any] | None:
     """The shadowed worker, and how its answers compare so far (the full figures go to the
     swap's history when the run ends)."""
-    return _describe(
-        run.worker,
-        percent=run.policy.percent,
-        seconds=run.policy.seconds,
-        sent=run.sent,
-        dropped=run.dropped,
-        compared=run.compared,
-        agreed=run.agreed,
-    )
+    return _describe(run.worker, **run.progress())

@@ -167,17 +167,23 @@ class ShadowRun:
         if shadow.status is not None:
             self.shadow_latency[bucket_of(shadow.seconds)] += 1
 
-    def figures(self) -> dict[str, Any]:
-        compared = self.compared
-        p50 = quantile(self.primary_latency, 0.5), quantile(self.shadow_latency, 0.5)
-        p99 = quantile(self.primary_latency, 0.99), quantile(self.shadow_latency, 0.99)
+    def progress(self) -> dict[str, Any]:
+        """What the run is and its counts so far: /status shows these while it lasts."""
         return {
             "percent": self.policy.percent,
             "seconds": self.policy.seconds,
             "sent": self.sent,
             "dropped": self.dropped,
-            "compared": compared,
+            "compared": self.compared,
             "agreed": self.agreed,
+        }
+
+    def figures(self) -> dict[str, Any]:
+        compared = self.compared
+        p50 = quantile(self.primary_latency, 0.5), quantile(self.shadow_latency, 0.5)
+        p99 = quantile(self.primary_latency, 0.99), quantile(self.shadow_latency, 0.99)
+        return {
+            **self.progress(),
             "agreement": round(self.agreed / compared, 4) if compared else None,
             "active": {
                 "version": self.active_version,
